@@ -1,0 +1,157 @@
+# %% [markdown]
+# # Lesson 1 · The persona specification
+#
+# **What you will build:** a trainable specification of *TaskMaster*, the voice that will
+# replace the generic "AI assistant" tone of your task-management assistant: encouraging,
+# productivity-focused, professional but friendly. You will edit it in a form, validate it,
+# read the system prompt and judging rubric it produces, and take the "before" picture: how
+# the base model answers today, without and with that persona prompt.
+#
+# **Time:** about 25 minutes. **Hardware:** Colab's free T4, or any CPU (the offline path
+# uses the small SmolLM2-135M model that ships inside a Python package: no download, no key).
+#
+# **What it leaves behind** in your run folder (`runs/taskmaster/` or on Google Drive):
+# `spec/spec.yaml` (the spec every later lesson reads) and `spec/before.jsonl` (the base
+# model's answers, the baseline lesson 5 compares against).
+
+# %% install
+
+# %% parameters
+SMOKE = False  # True: the tiny random-init model and two prompts; CI runs every notebook this way
+PERSONA = "taskmaster"  # a shipped persona (taskmaster, captain_codebeard, zen_coder) or a path to your YAML
+MODEL = ""  # empty: Llama-3.2-3B-Instruct in 4-bit on a Colab GPU, the embedded SmolLM2 on a CPU
+RUNS_ROOT = ""  # empty: Google Drive in Colab (survives a runtime reset), ./runs elsewhere
+N_PROMPTS = 4  # held-out questions for the "before" picture
+
+# %%
+from pathlib import Path
+
+from persona_lib import colab, models, paths
+from persona_lib.chat import generate_replies
+from persona_lib.pipeline import heldout_prompts
+from persona_lib.spec import load_spec, rubric_text, save_spec, system_prompt, validate_spec
+from persona_lib.widgets import spec_editor
+
+runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
+model_id = MODEL or models.default_model(SMOKE)
+run = paths.run_dir(load_spec(PERSONA).slug, runs_root)
+print(f"run folder: {run}\nmodel: {model_id}")
+
+# %% [markdown]
+# ## Style is not knowledge
+#
+# Fine-tuning can teach a model two different things. **Knowledge tuning** changes *what* it
+# knows: facts, a product's API, a domain. **Style tuning** changes *how* it speaks: tone,
+# rhythm, vocabulary, what it refuses to sound like. A persona is style. It needs far fewer
+# examples than knowledge (a few hundred conversations, not tens of thousands), and its
+# risk is the opposite one: a model that learns the voice so hard that it forgets what it
+# knew, or answers everything with the same sentence. Every lesson after this one measures
+# both sides.
+#
+# A persona you can train on has to be written down precisely enough that a person, a data
+# generator and a judge all agree on what "in character" means. That is the spec.
+
+# %%
+spec = load_spec(PERSONA)
+print(f"{spec.name}: {spec.description}\n")
+for trait in spec.traits:
+    print(f"  {trait.name:<22} weight {trait.weight:.2f}  {trait.description}")
+print("\nsignature vocabulary:", ", ".join(spec.signature_vocabulary))
+print("avoid:", "; ".join(spec.avoid))
+
+# %% [markdown]
+# ## Edit it
+#
+# The form below edits every field of the spec. Problems show up in red as you type; the
+# system prompt preview updates live; **Save** writes `spec/spec.yaml` in your run folder
+# (it refuses while the spec has problems, so a broken edit never replaces a good file).
+#
+# *Run all* walks past this form with the spec unedited. To make it yours: edit, press
+# Save, then re-run the cells below this one.
+
+# %%
+spec_path = run / "spec" / "spec.yaml"
+if not spec_path.exists():
+    save_spec(spec, spec_path)
+editor = spec_editor(spec_path, path=spec_path)
+editor
+
+# %%
+spec = load_spec(spec_path)  # whatever you saved in the form
+print(f"using {spec_path}: {spec.name}, {len(spec.traits)} traits")
+
+# %% [markdown]
+# ## Validation says what is wrong and how to fix it
+#
+# A spec is data, so it can be wrong in many ways at once. `validate_spec` lists every
+# problem with the field's path and a fix, instead of stopping at the first.
+
+# %%
+broken = {"name": "", "slug": "Task Master", "description": "helps with tasks",
+          "traits": [{"name": "encouraging", "description": "cheers you on", "weight": 3,
+                      "levels": {1: "cold", 2: "flat", 3: "kind", 4: "warm", 5: "uplifting"}}],
+          "tone": "upbeat", "colour": "blue"}
+for problem in validate_spec(broken):
+    print(problem)
+
+# %% [markdown]
+# ## What the spec produces
+#
+# Two things come out of a spec. The **system prompt** is the cheap way to get a persona:
+# it costs tokens on every request and a small model follows it loosely. The **rubric**
+# tells a judge (lesson 5) what a 1 and a 5 look like for each trait.
+
+# %%
+prompt = system_prompt(spec)
+print(prompt)
+print(f"\n{len(prompt.split())} words")
+
+# %%
+print(rubric_text(spec)[:1500], "...")
+
+# %% [markdown]
+# ## The "before" picture
+#
+# Ask the base model a few held-out questions (they never appear in training data), once
+# as it is and once with the persona's system prompt. Keep these answers in mind: lesson 4
+# trains the voice into the weights so that it holds *without* the prompt.
+
+# %%
+model, tokenizer = models.load_chat_model(model_id)
+prompts = heldout_prompts(spec, 2 if SMOKE else N_PROMPTS)
+conversations = [p["messages"] for p in prompts]
+max_new = 8 if SMOKE else 120
+plain = generate_replies(model, tokenizer, conversations, max_new_tokens=max_new, desc="base")
+prompted = generate_replies(model, tokenizer, conversations, system_prompt=prompt,
+                            max_new_tokens=max_new, desc="base + persona prompt")
+for p, a, b in zip(prompts, plain, prompted):
+    print(f"USER: {p['messages'][-1]['content']}\n  base:           {a}\n  persona prompt: {b}\n")
+
+# %%
+from persona_lib import io
+
+before = [{"id": p["id"], "prompt": p["messages"][-1]["content"], "model": model_id,
+           "base": a, "base_with_persona_prompt": b} for p, a, b in zip(prompts, plain, prompted)]
+io.write_jsonl(run / "spec" / "before.jsonl", before)
+print(f"saved {len(before)} answers to {run / 'spec' / 'before.jsonl'}")
+
+# %% [markdown]
+# ## What you have now
+#
+# - `spec/spec.yaml`: TaskMaster, validated, in your run folder. Lessons 2 to 7 read it.
+# - `spec/before.jsonl`: the base model's answers, the baseline for lesson 5.
+#
+# **Success criterion met:** *Write a persona specification that can be trained on* (and the
+# first half of *tell style tuning apart from knowledge tuning*). **Skill updated:** the
+# "Persona specification template" section of `.claude/skills/persona-tuner/SKILL.md`.
+#
+# ## Exercises
+#
+# 1. Add a trait "concise" with five levels of your own. What does a 1 look like? Save, and
+#    re-run the system prompt cell: did the prompt grow? By how many words?
+# 2. Set a trait's weight to 3 in the form and read the message. Then break the YAML by
+#    hand (delete a colon) and run `persona spec check runs/taskmaster/spec/spec.yaml`.
+# 3. Load `captain_codebeard` or `zen_coder` instead (the `PERSONA` parameter). Which of
+#    their traits would be hardest for a judge to score, and why?
+# 4. Compare the two "before" answers. Which parts of the persona did the system prompt
+#    carry, and which did the base model ignore?

@@ -1,0 +1,1 @@
+"""The shipped persona content (specs, conversations, evaluation sets); see README.md here."""

@@ -1,0 +1,99 @@
+"""Notebooks: built from their sources, stripped, one install cell, real persona_lib names,
+and every one executed in smoke mode on CPU with checks on what it wrote."""
+
+import ast
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from persona_lib import colab
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def cells(path: Path, kind: str = "code") -> list[dict]:
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == kind]
+
+
+def source(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def test_every_lesson_has_a_notebook_named_by_number():
+    assert NOTEBOOKS, "no notebooks found"
+    for nb in NOTEBOOKS:
+        assert (ROOT / "notebooks" / "src" / (nb.stem + ".py")).is_file(), f"{nb.name} has no source"
+
+
+def test_notebooks_are_built_from_their_sources():
+    result = subprocess.run([sys.executable, "scripts/build_notebooks.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, f"run `python scripts/build_notebooks.py`: {result.stdout}"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stripped_and_colab_ready(nb):
+    data = json.loads(nb.read_text())
+    for cell in data["cells"]:
+        assert cell.get("outputs", []) == [] and cell.get("execution_count") is None, f"{nb.name} has outputs"
+    assert data["metadata"]["colab"]["gpuType"] == "T4"
+    first = source(cells(nb, "markdown")[0])
+    assert colab.badge_url(nb.name) in first, "the badge must open this notebook at the release tag"
+    code = cells(nb)
+    assert source(code[0]) == colab.INSTALL_CELL, "the install cell must be the shared one, first"
+    assert sum(source(c) == colab.INSTALL_CELL for c in code) == 1
+    params = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+    assert len(params) == 1 and "SMOKE = False" in source(params[0])
+    assert "if False" not in "".join(source(c) for c in code)
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_uses_only_existing_persona_lib_names(nb):
+    for cell in cells(nb):
+        tree = ast.parse(source(cell))
+        modules = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("persona_lib"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name):
+                        importlib.import_module(f"{node.module}.{alias.name}")  # a submodule
+                    else:
+                        modules[alias.asname or alias.name] = getattr(module, alias.name)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+                owner = modules[node.value.id]
+                if isinstance(owner, type(sys)):
+                    assert hasattr(owner, node.attr), f"{nb.name}: {node.value.id}.{node.attr} does not exist"
+
+
+# What each notebook must have written in smoke mode: a function of (run folder) -> None.
+def check_01(run: Path) -> None:
+    from persona_lib.spec import load_spec
+
+    assert load_spec(run / "spec" / "spec.yaml") == load_spec("taskmaster")
+    rows = [json.loads(line) for line in (run / "spec" / "before.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["model"] == "tiny" and row["prompt"].strip()
+        assert isinstance(row["base"], str) and isinstance(row["base_with_persona_prompt"], str)
+
+
+CHECKS = {"01_persona_spec.ipynb": check_01}
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_in_smoke_mode(nb, tmp_path, tiny_path):
+    import papermill
+
+    assert nb.name in CHECKS, f"add a check of what {nb.name} writes to CHECKS"
+    runs = tmp_path / "runs"
+    papermill.execute_notebook(
+        str(nb), str(tmp_path / nb.name), parameters={"SMOKE": True, "RUNS_ROOT": str(runs)},
+        cwd=str(tmp_path), progress_bar=False, kernel_name="python3",
+    )
+    CHECKS[nb.name](runs / "taskmaster")
