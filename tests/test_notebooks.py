@@ -3,6 +3,7 @@ and every one executed in smoke mode on CPU with checks on what it wrote."""
 
 import ast
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -71,29 +72,24 @@ def test_notebook_uses_only_existing_persona_lib_names(nb):
                     assert hasattr(owner, node.attr), f"{nb.name}: {node.value.id}.{node.attr} does not exist"
 
 
-# What each notebook must have written in smoke mode: a function of (run folder) -> None.
-def check_01(run: Path) -> None:
-    from persona_lib.spec import load_spec
-
-    assert load_spec(run / "spec" / "spec.yaml") == load_spec("taskmaster")
-    rows = [json.loads(line) for line in (run / "spec" / "before.jsonl").read_text().splitlines()]
-    assert len(rows) == 2
-    for row in rows:
-        assert row["model"] == "tiny" and row["prompt"].strip()
-        assert isinstance(row["base"], str) and isinstance(row["base_with_persona_prompt"], str)
-
-
-CHECKS = {"01_persona_spec.ipynb": check_01}
+def smoke_check(nb: Path):
+    """`tests/nb_checks/nb_NN.py` defines `check(run_folder)`: what notebook NN must have written."""
+    path = ROOT / "tests" / "nb_checks" / f"nb_{nb.name[:2]}.py"
+    assert path.is_file(), f"{nb.name} needs a check of what it writes: {path.relative_to(ROOT)}"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.check
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_in_smoke_mode(nb, tmp_path, tiny_path):
     import papermill
 
-    assert nb.name in CHECKS, f"add a check of what {nb.name} writes to CHECKS"
+    check = smoke_check(nb)
     runs = tmp_path / "runs"
     papermill.execute_notebook(
         str(nb), str(tmp_path / nb.name), parameters={"SMOKE": True, "RUNS_ROOT": str(runs)},
         cwd=str(tmp_path), progress_bar=False, kernel_name="python3",
     )
-    CHECKS[nb.name](runs / "taskmaster")
+    check(runs / "taskmaster")
