@@ -1,0 +1,880 @@
+"""ChatML training records: load, validate, describe, deduplicate, split and export.
+
+A record is one conversation (see persona_data/README.md):
+
+    {"id": "tm-0001", "persona": "taskmaster", "topic": "deadlines", "source": "handwritten",
+     "messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
+
+Validation follows OpenAI's checks for chat fine-tuning files (wrong types, missing messages,
+unknown keys and roles, missing content, no assistant message) and adds what persona tuning
+needs: role order, blank content, unknown persona, and examples too long for the model,
+measured with its real tokenizer and chat template. Every problem is reported at once with
+file, line and rule (`check_*` list them, `load_records`/`validate_records` raise them all in
+one `DatasetError`), and validation never changes its input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from persona_lib.io import atomic_write_text
+from persona_lib.paths import data_dir, eval_dir
+
+ROLES = ("system", "user", "assistant")
+MESSAGE_KEYS = ("role", "content")
+RECORD_FIELDS = ("id", "persona", "topic", "messages")  # required in a training record
+OPTIONAL_FIELDS = ("source",)  # "handwritten", or the model that generated the record
+HELDOUT_KINDS = ("ordinary", "ooc", "multiturn")
+SPLITS = ("train", "validation", "test")
+
+# A long multi-turn conversation is a few KB (an 8k-token context is about 32 KB of English);
+# a line beyond 256 KB is a paste accident or a binary blob, and is skipped unparsed.
+MAX_LINE_BYTES = 256 * 1024
+
+# Every rule a Problem can name, with the fix. Tests and notebooks refer to these names.
+RULES = {
+    "empty_file": "the file holds no records; write one JSON object per line",
+    "line_too_long": "the line is over MAX_LINE_BYTES; it is skipped unread (look for a pasted blob)",
+    "not_utf8": "the line is not UTF-8; re-save the file as UTF-8",
+    "invalid_json": "the line is not valid JSON; JSONL needs one complete object per line",
+    "not_an_object": "the line is JSON but not an object; write one object per line, not an array",
+    "missing_field": "a required field is absent",
+    "unknown_key": "a field the schema does not know (a typo?)",
+    "wrong_type": "a value has the wrong JSON type",
+    "empty_field": "a required text field is empty",
+    "duplicate_id": "two records share an id",
+    "unknown_persona": "the persona slug is not one of the known personas",
+    "empty_messages": "'messages' is an empty list",
+    "message_unknown_key": "a message holds a key other than 'role' and 'content'",
+    "missing_role": "a message has no 'role'",
+    "unknown_role": "a role other than system, user, assistant",
+    "missing_content": "a message has no 'content'",
+    "empty_content": "a message's content is empty or only whitespace",
+    "no_assistant": "no assistant message, so nothing to train on",
+    "role_order": "roles must be: optional system, then user/assistant alternating, user first",
+    "too_many_tokens": "the conversation is longer than max_tokens with the model's chat template",
+    "unknown_kind": "a held-out prompt's kind is not ordinary, ooc or multiturn",
+    "no_records": "the file holds no records for the requested persona",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset: where (file, 1-based line), which rule, and how to fix it.
+
+    `line` is the record's position for an in-memory list, and None for the file as a whole.
+    """
+
+    file: str
+    line: int | None
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: [{self.rule}] {self.message}"
+
+
+class DatasetError(ValueError):
+    """Raised with every Problem found; `.problems` holds them, the message lists them all."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) in the dataset:\n{lines}")
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "true/false",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _read_objects(path: Path, max_line_bytes: int) -> tuple[list[tuple[int, dict]], list[Problem]]:
+    """Parse a JSONL file line by line; broken lines become Problems, never exceptions.
+
+    Lines are read with a byte limit, so a huge line is measured and skipped without being
+    held in memory or handed to the JSON parser.
+    """
+    file = str(path)
+    objects: list[tuple[int, dict]] = []
+    problems: list[Problem] = []
+    with path.open("rb") as f:
+        lineno = 0
+        while raw := f.readline(max_line_bytes + 1):
+            lineno += 1
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                size = len(raw)
+                while not raw.endswith(b"\n"):  # skip the rest of the line, 1 MB at a time
+                    raw = f.readline(1 << 20)
+                    if not raw:
+                        break
+                    size += len(raw)
+                problems.append(Problem(file, lineno, "line_too_long",
+                                        f"line is {size:,} bytes, over the {max_line_bytes:,}-byte limit; "
+                                        "it was skipped unread (a pasted blob or a missing newline?)"))
+                continue
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a BOM some editors add
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(Problem(file, lineno, "not_utf8",
+                                        f"byte {e.start + 1} of the line (0x{raw[e.start]:02x}) is not UTF-8; "
+                                        "re-save the file as UTF-8"))
+                continue
+            if not text.strip():
+                continue
+            try:
+                value = json.loads(text.rstrip("\r\n"))
+            except json.JSONDecodeError as e:
+                problems.append(Problem(file, lineno, "invalid_json",
+                                        f"not valid JSON at column {e.colno} ({e.msg.removesuffix(' at')}); "
+                                        "each line must be one complete JSON object"))
+                continue
+            if not isinstance(value, dict):
+                problems.append(Problem(file, lineno, "not_an_object",
+                                        f"the line is {_json_type(value)}, not an object; "
+                                        "write one record object per line (no top-level array)"))
+                continue
+            objects.append((lineno, value))
+    if not objects and not problems:
+        problems.append(Problem(file, None, "empty_file", "the file holds no records"))
+    return objects, problems
+
+
+# --------------------------------------------------------------------------- record checks
+
+
+def _field_problems(rec: dict, required: Sequence[str], optional: Sequence[str],
+                    structured: Sequence[str]) -> list[tuple[str, str]]:
+    """Missing, unknown and mistyped top-level fields; `structured` fields are checked elsewhere."""
+    out = []
+    for key in required:
+        if key not in rec:
+            out.append(("missing_field", f"no {key!r} field; a record needs {', '.join(map(repr, required))}"))
+    for key in rec:
+        if key not in required and key not in optional:
+            allowed = ", ".join(map(repr, (*required, *optional)))
+            out.append(("unknown_key", f"unknown field {key!r}; allowed fields are {allowed}"))
+    for key in (*required, *optional):
+        if key in rec and key not in structured:
+            value = rec[key]
+            if not isinstance(value, str):
+                out.append(("wrong_type", f"{key!r} is {_json_type(value)}; it must be a string"))
+            elif not value.strip():
+                out.append(("empty_field", f"{key!r} is empty; give it a value"))
+    return out
+
+
+def _message_problems(messages: Any, last_role: str) -> list[tuple[str, str]]:
+    """Type, role and content checks on a `messages` list, then the role order."""
+    if not isinstance(messages, list):
+        return [("wrong_type", f"'messages' is {_json_type(messages)}; it must be a list of "
+                               "{\"role\": ..., \"content\": ...} objects")]
+    if not messages:
+        return [("empty_messages", "'messages' is an empty list; add a user message and an assistant reply")]
+    out = []
+    roles: list[str | None] = []
+    for k, msg in enumerate(messages, start=1):
+        if not isinstance(msg, dict):
+            out.append(("wrong_type", f"message {k} is {_json_type(msg)}; it must be an object with "
+                                      "'role' and 'content'"))
+            roles.append(None)
+            continue
+        for key in msg:
+            if key not in MESSAGE_KEYS:
+                out.append(("message_unknown_key", f"message {k} has unknown key {key!r}; a message holds "
+                                                   "only 'role' and 'content'"))
+        role = msg.get("role")
+        if "role" not in msg:
+            out.append(("missing_role", f"message {k} has no 'role'; use one of {', '.join(ROLES)}"))
+        elif not isinstance(role, str):
+            out.append(("wrong_type", f"message {k} 'role' is {_json_type(role)}; it must be a string"))
+        elif role not in ROLES:
+            out.append(("unknown_role", f"message {k} has role {role!r}; use one of {', '.join(ROLES)}"))
+        roles.append(role if isinstance(role, str) and role in ROLES else None)
+        if "content" not in msg:
+            out.append(("missing_content", f"message {k} has no 'content'; add the text of the turn"))
+        elif not isinstance(msg["content"], str):
+            out.append(("wrong_type", f"message {k} 'content' is {_json_type(msg['content'])}; "
+                                      "it must be a string"))
+        elif not msg["content"].strip():
+            out.append(("empty_content", f"message {k} ({role}) has empty or whitespace-only content; "
+                                         "write the turn or remove it"))
+    no_assistant = last_role == "assistant" and "assistant" not in roles
+    if no_assistant and None not in roles:
+        out.append(("no_assistant", "no assistant message, so there is nothing to train on; "
+                                    "add the persona's reply"))
+    if None not in roles:
+        order = _role_order_problem(roles, last_role, no_assistant)
+        if order:
+            out.append(("role_order", order))
+    return out
+
+
+def _role_order_problem(roles: list[str], last_role: str, no_assistant: bool) -> str | None:
+    """The first departure from: [system], user, assistant, user, ..., ending with `last_role`."""
+    for k, role in enumerate(roles[1:], start=2):
+        if role == "system":
+            return f"message {k} is a system message; only the first message may be 'system'"
+    start = 1 if roles[0] == "system" else 0
+    expected = "user"
+    for k in range(start, len(roles)):
+        role = roles[k]
+        if role != expected:
+            if k == start:
+                return (f"the conversation starts with {role!r}; after an optional system message "
+                        "the first turn must be 'user'")
+            return (f"messages {k} and {k + 1} are both {role!r}; turns must alternate user and "
+                    f"assistant (merge them or add the missing {expected} turn)")
+        expected = "assistant" if role == "user" else "user"
+    if len(roles) == start:
+        return None if no_assistant else "only a system message; add the user and assistant turns"
+    if roles[-1] != last_role and not no_assistant:
+        return f"the conversation ends with {roles[-1]!r}; it must end with {last_role!r}"
+    return None
+
+
+def _training_record_problems(rec: dict) -> list[tuple[str, str]]:
+    return (_field_problems(rec, RECORD_FIELDS, OPTIONAL_FIELDS, ("messages",))
+            + (_message_problems(rec["messages"], "assistant") if "messages" in rec else []))
+
+
+def count_tokens(records: Sequence[dict], tokenizer) -> list[int]:
+    """Tokens per record as the model sees them: the chat template rendered, then tokenized."""
+    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in records]
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _check_training(items: Sequence[tuple[int, dict]], file: str, personas: Iterable[str] | None,
+                    tokenizer, max_tokens: int | None) -> list[Problem]:
+    if max_tokens is not None and tokenizer is None:
+        raise ValueError("max_tokens needs the model's tokenizer (tokenizer=...) to measure examples")
+    known = None if personas is None else set(personas)
+    problems: list[Problem] = []
+    first_line_of_id: dict[str, int] = {}
+    clean: list[tuple[int, dict]] = []
+    for line, rec in items:
+        found = [Problem(file, line, rule, msg) for rule, msg in _training_record_problems(rec)]
+        persona, rid = rec.get("persona"), rec.get("id")
+        if known is not None and isinstance(persona, str) and persona.strip() and persona not in known:
+            found.append(Problem(file, line, "unknown_persona",
+                                 f"persona {persona!r} is not one of {', '.join(sorted(known))}; "
+                                 "fix the slug or add a spec for it"))
+        if isinstance(rid, str) and rid.strip():
+            if rid in first_line_of_id:
+                found.append(Problem(file, line, "duplicate_id", f"id {rid!r} is already used on line "
+                                                                 f"{first_line_of_id[rid]}; ids must be unique"))
+            else:
+                first_line_of_id[rid] = line
+        problems += found
+        if not found:
+            clean.append((line, rec))
+    if max_tokens is not None:
+        for (line, _), n in zip(clean, count_tokens([rec for _, rec in clean], tokenizer)):
+            if n > max_tokens:
+                problems.append(Problem(file, line, "too_many_tokens",
+                                        f"{n} tokens with the chat template, over max_tokens={max_tokens}; "
+                                        "training would cut it off: shorten or split the conversation"))
+    return sorted(problems, key=lambda p: (p.line or 0))
+
+
+def _select(items: list[tuple[int, dict]], persona: str | None) -> list[tuple[int, dict]]:
+    """Records of one persona; records without a usable persona stay, so their problems show."""
+    if persona is None:
+        return items
+    return [(line, rec) for line, rec in items
+            if not isinstance(rec.get("persona"), str) or rec["persona"] in (persona, "")]
+
+
+def check_records(records: Sequence[dict], *, file: str = "<records>", personas: Iterable[str] | None = None,
+                  tokenizer=None, max_tokens: int | None = None) -> list[Problem]:
+    """Report mode for records in memory: every Problem, `line` being the record's 1-based position.
+
+    `personas`: the known slugs (unknown ones are flagged); `tokenizer` + `max_tokens`: flag
+    examples longer than the model's context, measured with its chat template.
+    """
+    items = []
+    problems = []
+    for k, rec in enumerate(records, start=1):
+        if isinstance(rec, dict):
+            items.append((k, rec))
+        else:
+            problems.append(Problem(file, k, "not_an_object", f"record is {_json_type(rec)}, not a dict"))
+    return sorted(problems + _check_training(items, file, personas, tokenizer, max_tokens),
+                  key=lambda p: p.line or 0)
+
+
+def validate_records(records: Sequence[dict], *, file: str = "<records>", personas: Iterable[str] | None = None,
+                     tokenizer=None, max_tokens: int | None = None) -> list[dict]:
+    """Raising mode of `check_records`: returns the records unchanged, or raises DatasetError."""
+    problems = check_records(records, file=file, personas=personas, tokenizer=tokenizer, max_tokens=max_tokens)
+    if problems:
+        raise DatasetError(problems)
+    return list(records)
+
+
+def _check_file(path: str | os.PathLike, persona: str | None, personas, tokenizer, max_tokens,
+                max_line_bytes: int) -> tuple[list[dict], list[Problem]]:
+    path = Path(path)
+    items, problems = _read_objects(path, max_line_bytes)
+    chosen = _select(items, persona)
+    problems = sorted(problems + _check_training(chosen, str(path), personas, tokenizer, max_tokens),
+                      key=lambda p: p.line or 0)
+    if items and not chosen:
+        found = sorted({str(rec.get("persona")) for _, rec in items})
+        problems.append(Problem(str(path), None, "no_records",
+                                f"no records with persona {persona!r}; the file holds {', '.join(found)}"))
+    return [rec for _, rec in chosen], problems
+
+
+def check_file(path: str | os.PathLike, persona: str | None = None, *, personas: Iterable[str] | None = None,
+               tokenizer=None, max_tokens: int | None = None,
+               max_line_bytes: int = MAX_LINE_BYTES) -> list[Problem]:
+    """Report mode: every Problem in a JSONL file of training records (only `persona`'s, if given)."""
+    return _check_file(path, persona, personas, tokenizer, max_tokens, max_line_bytes)[1]
+
+
+def load_records(path: str | os.PathLike, persona: str | None = None, *, personas: Iterable[str] | None = None,
+                 tokenizer=None, max_tokens: int | None = None,
+                 max_line_bytes: int = MAX_LINE_BYTES) -> list[dict]:
+    """Read and validate a JSONL file of training records, keeping those of `persona` (a slug).
+
+    One file may hold several personas. Raises DatasetError listing every problem.
+    """
+    records, problems = _check_file(path, persona, personas, tokenizer, max_tokens, max_line_bytes)
+    if problems:
+        raise DatasetError(problems)
+    return records
+
+
+def load_shipped(slug: str, *, tokenizer=None, max_tokens: int | None = None) -> list[dict]:
+    """The team-written training conversations for one persona (persona_data/<slug>.jsonl)."""
+    return load_records(data_dir() / f"{slug}.jsonl", slug, tokenizer=tokenizer, max_tokens=max_tokens)
+
+
+def _load_checked(path: Path, check, persona: str | None = None) -> list[dict]:
+    """Read a JSONL eval file, check each record with `check(rec) -> [(rule, message)]`."""
+    items, problems = _read_objects(path, MAX_LINE_BYTES)
+    items = _select(items, persona)
+    problems += [Problem(str(path), line, rule, msg) for line, rec in items for rule, msg in check(rec)]
+    if problems:
+        raise DatasetError(sorted(problems, key=lambda p: p.line or 0))
+    return [rec for _, rec in items]
+
+
+def _heldout_problems(rec: dict) -> list[tuple[str, str]]:
+    out = _field_problems(rec, ("id", "persona", "kind", "messages"), ("topic",), ("messages",))
+    if isinstance(rec.get("kind"), str) and rec["kind"] not in HELDOUT_KINDS:
+        out.append(("unknown_kind", f"kind {rec['kind']!r} is not one of {', '.join(HELDOUT_KINDS)}"))
+    if "messages" in rec:
+        out += _message_problems(rec["messages"], "user")
+    return out
+
+
+def _string_list_problems(value: Any, name: str) -> list[tuple[str, str]]:
+    if not isinstance(value, list) or not value:
+        return [("wrong_type", f"{name!r} must be a non-empty list of strings, not {_json_type(value)}")]
+    out = []
+    for k, item in enumerate(value, start=1):
+        if not isinstance(item, str):
+            out.append(("wrong_type", f"{name!r} item {k} is {_json_type(item)}; it must be a string"))
+        elif not item.strip():
+            out.append(("empty_content", f"{name!r} item {k} is empty"))
+    return out
+
+
+def _dialogue_problems(rec: dict) -> list[tuple[str, str]]:
+    out = _field_problems(rec, ("id", "persona", "title", "user_turns"), (), ("user_turns",))
+    if "user_turns" in rec:
+        out += _string_list_problems(rec["user_turns"], "user_turns")
+    return out
+
+
+def _knowledge_problems(rec: dict) -> list[tuple[str, str]]:
+    out = _field_problems(rec, ("id", "question", "facts"), (), ("facts",))
+    if "facts" not in rec:
+        return out
+    if not isinstance(rec["facts"], list) or not rec["facts"]:
+        return out + [("wrong_type", "'facts' must be a non-empty list of {\"fact\", \"accept\"} objects")]
+    for k, fact in enumerate(rec["facts"], start=1):
+        if not isinstance(fact, dict):
+            out.append(("wrong_type", f"fact {k} is {_json_type(fact)}; it must be an object"))
+            continue
+        out += [(rule, f"fact {k}: {msg}") for rule, msg in
+                _field_problems(fact, ("fact", "accept"), (), ("accept",))]
+        if "accept" in fact:
+            out += [(rule, f"fact {k}: {msg}") for rule, msg in _string_list_problems(fact["accept"], "accept")]
+    return out
+
+
+def load_heldout(slug: str) -> list[dict]:
+    """Held-out evaluation prompts for one persona: conversations that end with a user turn."""
+    return _load_checked(eval_dir() / f"{slug}_heldout.jsonl", _heldout_problems, slug)
+
+
+def load_dialogues(slug: str) -> list[dict]:
+    """Scripted multi-turn dialogues (user turns only) for the persona-drift test."""
+    return _load_checked(eval_dir() / f"{slug}_dialogues.jsonl", _dialogue_problems, slug)
+
+
+def load_knowledge() -> list[dict]:
+    """Task-management questions with key facts and their accepted wordings (knowledge retention)."""
+    return _load_checked(eval_dir() / "knowledge.jsonl", _knowledge_problems)
+
+
+# --------------------------------------------------------------------------- statistics
+
+# Phrases of the generic assistant voice that persona tuning is meant to replace. A reply that
+# says "As an AI language model" or closes with "I hope this helps" has not taken on the persona
+# (or has drifted back out of it); their rate over replies is the data's, and later the model's,
+# generic leak. Matched case-insensitively as whole phrases.
+GENERIC_PHRASES = (
+    "As an AI language model",
+    "As an AI assistant",
+    "As a large language model",
+    "I'm just an AI",
+    "I am just an AI",
+    "I'm an AI",
+    "I don't have personal opinions",
+    "I hope this helps",
+    "Certainly!",
+    "Absolutely!",
+    "Of course!",
+    "Great question",
+    "I'd be happy to help",
+    "I'm happy to help",
+    "Feel free to ask",
+    "Let me know if you have any other questions",
+    "Is there anything else I can help",
+    "I apologize for any confusion",
+)
+
+_WORD = re.compile(r"\w+(?:'\w+)*")
+
+
+def _normalise(text: str) -> str:
+    return text.replace("\u2019", "'").replace("\u2018", "'")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(_normalise(text).casefold())
+
+
+def phrase_pattern(phrase: str) -> re.Pattern:
+    """Case-insensitive whole-phrase match: 'plan' matches 'Plan it.' but not 'planet'."""
+    body = r"\s+".join(re.escape(w) for w in _normalise(phrase).split())
+    return re.compile(rf"(?<!\w){body}(?!\w)", re.IGNORECASE)
+
+
+def _summary(values: Sequence[float]) -> dict:
+    if not len(values):
+        return {}
+    v = np.asarray(values, dtype=float)
+    p50, p90, p95 = np.percentile(v, [50, 90, 95])
+    return {"min": int(v.min()), "mean": round(float(v.mean()), 1), "p50": round(float(p50), 1),
+            "p90": round(float(p90), 1), "p95": round(float(p95), 1), "max": int(v.max())}
+
+
+def _phrase_shares(replies: Sequence[str], phrases: Sequence[str]) -> dict[str, float]:
+    n = max(len(replies), 1)
+    return {p: round(sum(bool(phrase_pattern(p).search(r)) for r in replies) / n, 4) for p in phrases}
+
+
+def dataset_stats(records: Sequence[dict], *, tokenizer=None,
+                  signature_vocabulary: Mapping[str, Sequence[str]] | None = None) -> dict:
+    """What a dataset holds, as a JSON-ready dict.
+
+    - conversations, turns (user and assistant messages), replies (assistant messages), and
+      multi-turn share (conversations with two or more replies);
+    - length distributions per conversation: the whole example through the chat template and
+      the assistant replies' content, in tokens with `tokenizer`, in words without one
+      (`example_lengths`/`assistant_lengths` hold the raw values for plots);
+    - topic counts;
+    - per persona: signature-vocabulary coverage (share of its replies containing each phrase,
+      from `signature_vocabulary` {slug: phrases}) and the generic-assistant phrasing rate
+      (share of replies with any of GENERIC_PHRASES, and the count per phrase).
+    """
+    convs = [[m for m in r["messages"] if m["role"] != "system"] for r in records]
+    replies_per = [[m["content"] for m in c if m["role"] == "assistant"] for c in convs]
+    if tokenizer is None:
+        unit = "words"
+        example = [sum(len(m["content"].split()) for m in r["messages"]) for r in records]
+        assistant = [sum(len(t.split()) for t in replies) for replies in replies_per]
+    else:
+        unit = "tokens"
+        example = count_tokens(records, tokenizer)
+        flat = [t for replies in replies_per for t in replies]
+        reply_tokens = [len(ids) for ids in tokenizer(flat, add_special_tokens=False)["input_ids"]] if flat else []
+        ends = np.cumsum([len(replies) for replies in replies_per], dtype=int)
+        assistant = [sum(reply_tokens[e - len(replies):e]) for e, replies in zip(ends, replies_per)]
+    multi = sum(len(replies) >= 2 for replies in replies_per)
+    by_persona: dict[str, list[int]] = defaultdict(list)
+    for k, r in enumerate(records):
+        by_persona[r["persona"]].append(k)
+    personas = {}
+    generic_patterns = [phrase_pattern(p) for p in GENERIC_PHRASES]
+    for slug, idx in sorted(by_persona.items()):
+        replies = [t for k in idx for t in replies_per[k]]
+        matched = [[p for p, pat in zip(GENERIC_PHRASES, generic_patterns) if pat.search(t)] for t in replies]
+        hits = Counter(p for phrases in matched for p in phrases)
+        generic = sum(bool(phrases) for phrases in matched)
+        personas[slug] = {
+            "conversations": len(idx),
+            "replies": len(replies),
+            "topics": dict(Counter(records[k].get("topic", "") for k in idx).most_common()),
+            "signature_coverage": _phrase_shares(replies, (signature_vocabulary or {}).get(slug, ())),
+            "generic_rate": round(generic / max(len(replies), 1), 4),
+            "generic_phrases": dict(hits.most_common()),
+        }
+    return {
+        "conversations": len(records),
+        "turns": sum(len(c) for c in convs),
+        "replies": sum(len(r) for r in replies_per),
+        "multi_turn": multi,
+        "multi_turn_share": round(multi / max(len(records), 1), 4),
+        "length_unit": unit,
+        "example_length": _summary(example),
+        "assistant_length": _summary(assistant),
+        "topics": dict(Counter(r.get("topic", "") for r in records).most_common()),
+        "personas": personas,
+        "example_lengths": example,
+        "assistant_lengths": assistant,
+    }
+
+
+def distinct_n(texts: Iterable[str], n: int = 2) -> float:
+    """Distinct-n (Li et al., 2016): unique word n-grams / all word n-grams, over all texts.
+
+    Near 1 for varied text; a model (or dataset) that repeats one template drifts toward 0.
+    """
+    seen: set[tuple[str, ...]] = set()
+    total = 0
+    for text in texts:
+        w = _words(text)
+        grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+        total += len(grams)
+        seen.update(grams)
+    return len(seen) / total if total else 0.0
+
+
+# --------------------------------------------------------------------------- near duplicates
+#
+# MinHash (Broder, 1997) + LSH banding over word-shingle sets, verified with exact Jaccard:
+# the Self-Instruct tradition of dropping near-copies, at sub-quadratic cost.
+#
+# Defaults: 3-word shingles (long enough that shared stock phrases like "how do i" do not make
+# two different requests look alike, short enough that a one-word edit changes only three
+# shingles); Jaccard threshold 0.7 (a copy with light edits: about 18% of each text's shingles
+# differ, e.g. one word in 17 substituted here and there);
+# 128 permutations in 32 bands of 4 rows. Two sets with Jaccard s agree on one MinHash row with
+# probability s, so they share at least one band bucket with probability
+#     P(s) = 1 - (1 - s**4)**32,
+# an S-curve that rises around (1/32)**(1/4) = 0.42: P(0.7) = 0.9998, P(0.5) = 0.87,
+# P(0.3) = 0.23, P(0.1) = 0.003. Nearly every pair at the threshold becomes a candidate, and the
+# extra candidates between 0.4 and 0.7 are cheap to discard with the exact Jaccard check, so the
+# reported pairs have precision 1 by construction and recall limited only by the S-curve.
+
+SHINGLE_WORDS = 3
+DEDUP_THRESHOLD = 0.7
+NUM_PERM = 128
+BANDS = 32
+
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_SHINGLE_MULT = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
+                          0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53], dtype=np.uint64)
+_MINHASH_CHUNK = 1 << 15  # shingles per vectorised block: (32768 x 128) uint64 = 32 MB
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spreads every input bit over the whole 64-bit word."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def _shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every text's set of word n-gram hashes, as one flat uint64 array (sorted, unique per text)
+    and offsets (text k owns flat[offsets[k]:offsets[k+1]]). A text shorter than `ngram` words
+    is one shingle; an empty text has none. Hashes are stable across runs and machines.
+    """
+    if not 1 <= ngram <= len(_SHINGLE_MULT):
+        raise ValueError(f"ngram must be between 1 and {len(_SHINGLE_MULT)}, not {ngram}")
+    vocab: dict[str, int] = {}
+    word_ids: list[int] = []
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    for k, text in enumerate(texts):
+        words = _words(text)
+        lengths[k] = len(words)
+        for w in words:
+            if w not in vocab:
+                vocab[w] = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
+            word_ids.append(vocab[w])
+    flat_words = np.array(word_ids, dtype=np.uint64)
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    doc_of_word = np.repeat(np.arange(len(texts)), lengths)
+    # A shingle starts at every word with `ngram - 1` more words of the same text after it.
+    pos = np.arange(max(len(flat_words) - ngram + 1, 0))
+    pos = pos[starts[doc_of_word[pos] + 1] - pos >= ngram]
+    h = np.zeros(len(pos), dtype=np.uint64)
+    for j in range(ngram):
+        h += flat_words[pos + j] * _SHINGLE_MULT[j]
+    docs = [doc_of_word[pos]]
+    hashes = [_mix64(h)]
+    for k in np.flatnonzero((lengths > 0) & (lengths < ngram)):  # short texts: one shingle each
+        part = flat_words[starts[k]:starts[k + 1]]
+        hashes.append(_mix64(np.array([np.sum(part * _SHINGLE_MULT[:len(part)])], dtype=np.uint64)))
+        docs.append(np.array([k]))
+    doc = np.concatenate(docs).astype(np.int64)
+    h = np.concatenate(hashes)
+    order = np.lexsort((h, doc))
+    doc, h = doc[order], h[order]
+    keep = np.ones(len(h), dtype=bool)
+    keep[1:] = (doc[1:] != doc[:-1]) | (h[1:] != h[:-1])
+    doc, h = doc[keep], h[keep]
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(doc, minlength=len(texts)))])
+    return h, offsets
+
+
+def shingle_sets(texts: Sequence[str], ngram: int = SHINGLE_WORDS) -> list[set[int]]:
+    """Each text's word n-gram shingles as a set of stable 64-bit hashes (for exact Jaccard)."""
+    flat, offsets = _shingle_hashes(texts, ngram)
+    values = flat.tolist()
+    return [set(values[offsets[k]:offsets[k + 1]]) for k in range(len(texts))]
+
+
+def jaccard(a: set, b: set) -> float:
+    if not a or not b:
+        return 0.0
+    inter = len(a & b)
+    return inter / (len(a) + len(b) - inter)
+
+
+def minhash_signatures(flat: np.ndarray, offsets: np.ndarray, num_perm: int = NUM_PERM,
+                       seed: int = 0) -> np.ndarray:
+    """(texts, num_perm) uint32 MinHash signatures of the shingle sets in (flat, offsets).
+
+    Each "permutation" is a multiply-shift hash h(x) = (a*x + b) mod 2**64 >> 32 with random
+    odd a; inputs are already well-mixed 64-bit hashes. A text without shingles keeps the
+    all-ones signature and is excluded from candidate search by the caller.
+    """
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False) | np.uint64(1)
+    b = rng.integers(0, 2**64, size=num_perm, dtype=np.uint64, endpoint=False)
+    n = len(offsets) - 1
+    sig = np.full((n, num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+    counts = np.diff(offsets)
+    first = 0
+    while first < n:
+        last = max(int(np.searchsorted(offsets, offsets[first] + _MINHASH_CHUNK, side="right")) - 1, first + 1)
+        lo, hi = offsets[first], offsets[last]
+        docs = first + np.flatnonzero(counts[first:last] > 0)
+        if len(docs):
+            x = flat[lo:hi, None]
+            values = ((x * a + b) >> np.uint64(32)).astype(np.uint32)
+            sig[docs] = np.minimum.reduceat(values, offsets[docs] - lo, axis=0)
+        first = last
+    return sig
+
+
+def _lsh_candidates(sig: np.ndarray, active: np.ndarray, bands: int) -> np.ndarray:
+    """Pairs (i < j) of active texts that share at least one band: an (m, 2) int64 array."""
+    n, num_perm = sig.shape
+    if num_perm % bands:
+        raise ValueError(f"num_perm={num_perm} must be a multiple of bands={bands}")
+    rows = num_perm // bands
+    idx = np.flatnonzero(active)
+    found = [np.zeros(0, dtype=np.int64)]
+    for band in range(bands):
+        key = np.full(len(idx), band, dtype=np.uint64)
+        for r in range(band * rows, (band + 1) * rows):
+            key = _mix64(key * _SHINGLE_MULT[0] + sig[idx, r].astype(np.uint64))
+        order = np.argsort(key, kind="stable")
+        sorted_key = key[order]
+        bounds = np.flatnonzero(sorted_key[1:] != sorted_key[:-1]) + 1
+        starts = np.concatenate([[0], bounds])
+        ends = np.concatenate([bounds, [len(idx)]])
+        for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
+            members = np.sort(idx[order[s:e]])
+            i, j = np.triu_indices(len(members), k=1)
+            found.append(members[i] * n + members[j])
+    codes = np.unique(np.concatenate(found))
+    return np.stack([codes // n, codes % n], axis=1) if len(codes) else np.zeros((0, 2), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class NearDuplicates:
+    """Result of `find_near_duplicates`: the verified pairs and every candidate's similarity."""
+
+    pairs: list[tuple[int, int, float]]  # (i, j, Jaccard) with i < j and Jaccard >= threshold
+    candidate_similarities: list[float]  # exact Jaccard of every LSH candidate pair (for plots)
+    threshold: float
+
+
+def find_near_duplicates(texts: Sequence[str], *, threshold: float = DEDUP_THRESHOLD,
+                         ngram: int = SHINGLE_WORDS, num_perm: int = NUM_PERM, bands: int = BANDS,
+                         seed: int = 0) -> NearDuplicates:
+    """Pairs of texts whose word-shingle sets have Jaccard >= threshold, without comparing all pairs.
+
+    MinHash + LSH propose candidates; each candidate is verified with exact Jaccard.
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], not {threshold}")
+    flat, offsets = _shingle_hashes(texts, ngram)
+    sig = minhash_signatures(flat, offsets, num_perm, seed)
+    candidates = _lsh_candidates(sig, np.diff(offsets) > 0, bands)
+    values = flat.tolist()
+    sets: dict[int, set[int]] = {}
+    sims = []
+    for i, j in candidates.tolist():
+        for k in (i, j):
+            if k not in sets:
+                sets[k] = set(values[offsets[k]:offsets[k + 1]])
+        sims.append(jaccard(sets[i], sets[j]))
+    pairs = [(i, j, s) for (i, j), s in zip(candidates.tolist(), sims) if s >= threshold]
+    return NearDuplicates(pairs=pairs, candidate_similarities=sims, threshold=threshold)
+
+
+def record_text(record: dict, text: str = "user") -> str:
+    """The text dedup compares: "user" (user turns joined, the default: two records asking the
+    same thing are duplicates whatever the replies say) or "conversation" (every message)."""
+    if text not in ("user", "conversation"):
+        raise ValueError(f"text must be 'user' or 'conversation', not {text!r}")
+    return "\n".join(m["content"] for m in record["messages"] if text == "conversation" or m["role"] == "user")
+
+
+def _record_id(record: dict, position: int) -> str:
+    return str(record.get("id", f"record {position + 1}"))
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A record dedup dropped, and the kept (or existing) record it nearly copies."""
+
+    index: int  # position in the records passed to dedup
+    id: str
+    duplicate_of: str  # id of the kept record, or of the record in `against`
+    similarity: float  # exact Jaccard of their shingle sets
+    in_against: bool  # True when the original is in the existing set
+
+    def __str__(self) -> str:
+        where = " (existing set)" if self.in_against else ""
+        return f"{self.id} duplicates {self.duplicate_of}{where}: Jaccard {self.similarity:.2f}"
+
+
+@dataclass(frozen=True)
+class DedupReport:
+    """What dedup did: the dropped records with their reasons, and every candidate's similarity
+    (plot them with `plots.duplicate_similarity_histogram`)."""
+
+    dropped: list[Duplicate]
+    kept: int
+    candidate_similarities: list[float]
+    threshold: float
+    text: str
+
+
+def dedup(records: Sequence[dict], *, against: Sequence[dict] = (), text: str = "user",
+          threshold: float = DEDUP_THRESHOLD, ngram: int = SHINGLE_WORDS, num_perm: int = NUM_PERM,
+          bands: int = BANDS, seed: int = 0) -> tuple[list[dict], DedupReport]:
+    """Drop near-duplicates, keeping the first occurrence; returns (kept records, report).
+
+    A record is dropped when it is a near-duplicate of an earlier kept record or of any record
+    in `against` (an existing set new records must not repeat). The report names, for each
+    dropped record, the record it duplicates and their similarity. Records are not copied or
+    changed.
+    """
+    texts = [record_text(r, text) for r in against] + [record_text(r, text) for r in records]
+    found = find_near_duplicates(texts, threshold=threshold, ngram=ngram, num_perm=num_perm,
+                                 bands=bands, seed=seed)
+    base = len(against)
+    earlier: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for i, j, s in found.pairs:
+        if j >= base:
+            earlier[j].append((i, s))
+    kept_flags = [True] * len(texts)
+    dropped = []
+    for j in range(base, len(texts)):
+        matches = [(s, -i) for i, s in earlier[j] if i < base or kept_flags[i]]
+        if matches:
+            s, neg_i = max(matches)
+            i = -neg_i
+            kept_flags[j] = False
+            original = against[i] if i < base else records[i - base]
+            dropped.append(Duplicate(index=j - base, id=_record_id(records[j - base], j - base),
+                                     duplicate_of=_record_id(original, i if i < base else i - base),
+                                     similarity=round(s, 4), in_against=i < base))
+    kept = [r for r, keep in zip(records, kept_flags[base:]) if keep]
+    return kept, DedupReport(dropped=dropped, kept=len(kept), candidate_similarities=found.candidate_similarities,
+                             threshold=threshold, text=text)
+
+
+# --------------------------------------------------------------------------- split and export
+
+
+def split_records(records: Sequence[dict], *, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                  seed: int = 0, stratify: str = "topic") -> dict[str, list[dict]]:
+    """Deterministic train/validation/test split, stratified by `stratify` (a record field).
+
+    Each group is shuffled with its own seeded generator and cut by `fractions`; a group always
+    keeps at least one record in train. Within a split, records keep their input order.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, not {fractions}")
+    groups: dict[str, list[int]] = defaultdict(list)
+    for k, r in enumerate(records):
+        groups[str(r.get(stratify, ""))].append(k)
+    assign = {}
+    for name in sorted(groups):
+        members = groups[name][:]
+        random.Random(f"{seed}/{name}").shuffle(members)  # str seeds are stable across runs
+        n = len(members)
+        n_val = min(int(n * fractions[1] + 0.5), n - 1)
+        n_test = min(int(n * fractions[2] + 0.5), n - 1 - n_val)
+        for pos, k in enumerate(members):
+            assign[k] = "validation" if pos < n_val else "test" if pos < n_val + n_test else "train"
+    return {name: [r for k, r in enumerate(records) if assign[k] == name] for name in SPLITS}
+
+
+def _with_system(records: Sequence[dict], system_prompt: str | None) -> list[dict]:
+    if system_prompt is None:
+        return list(records)
+    return [{**r, "messages": [{"role": "system", "content": system_prompt}, *r["messages"]]} for r in records]
+
+
+def to_hf_dataset(records: Sequence[dict], *, system_prompt: str | None = None):
+    """A Hugging Face `datasets.Dataset` with a `messages` column (TRL's conversational format)
+    and the records' other fields; `system_prompt` is prepended to every conversation."""
+    import datasets
+
+    rows = validate_records(_with_system(records, system_prompt))
+    return datasets.Dataset.from_list(rows)
+
+
+def to_openai_jsonl(records: Sequence[dict], path: str | os.PathLike, *,
+                    system_prompt: str | None = None) -> Path:
+    """Write OpenAI's chat fine-tuning format, one {"messages": [...]} per line, atomically.
+
+    The records are validated first, so a bad record raises DatasetError and writes nothing.
+    """
+    rows = validate_records(_with_system(records, system_prompt))
+    return atomic_write_text(path, "".join(json.dumps({"messages": r["messages"]}, ensure_ascii=False) + "\n"
+                                           for r in rows))
