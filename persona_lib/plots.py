@@ -256,3 +256,84 @@ def drift_lines(per_turn: Mapping[str, Sequence[Mapping]], *, ylabel: str, title
     ax.set_title(title)
     ax.legend()
     return _finish(fig, path)
+
+
+def generation_report_figure(report: Mapping, *, baseline_coverage: Mapping[str, float] | None = None,
+                             title: str = "Generated batch", path: str | os.PathLike | None = None):
+    """A generation run at a glance (`generate.run(...).report`). Left: what became of each
+    example this run: kept, rejected by reason, or lost to a request failure. Right: the share of
+    generated replies using each signature phrase, beside `baseline_coverage` (the shipped
+    data's, say): a phrase at zero is a part of the voice the new data does not teach."""
+    fig = new_figure(11.0, 4.5)
+    left, right = fig.subplots(1, 2, width_ratios=(1, 1.3))
+    outcomes = [("kept", report["accepted_this_run"], "tab:green")]
+    outcomes += [(f"rejected: {k}", v, "tab:orange") for k, v in report["rejected_this_run"].items()]
+    outcomes += [(f"failed: {k}", v, "tab:red") for k, v in report["failed_this_run"].items()]
+    names, counts, colours = zip(*reversed(outcomes))
+    left.barh(names, counts, color=colours)
+    left.set_xlabel("examples")
+    left.set_title(f"Outcomes ({report['requests']} requests)")
+    coverage = report["vocabulary"]["per_phrase"]
+    phrases = list(coverage)[::-1]
+    y = range(len(phrases))
+    height = 0.4 if baseline_coverage is not None else 0.8
+    right.barh([k + (height / 2 if baseline_coverage is not None else 0) for k in y],
+               [coverage[p] for p in phrases], height=height, color="tab:blue", label="generated")
+    if baseline_coverage is not None:
+        right.barh([k - height / 2 for k in y], [baseline_coverage.get(p, 0.0) for p in phrases], height=height,
+                   color="tab:gray", label="baseline")
+        right.legend(loc="lower right")
+    right.set_yticks(list(y), phrases)
+    right.set_xlabel("share of replies using the phrase")
+    right.set_title("Signature vocabulary")
+    fig.suptitle(title)
+    return _finish(fig, path)
+
+
+def persona_bleed_matrices(matrices: Mapping[str, Mapping], *, title: str = "Persona bleed",
+                           path: str | os.PathLike | None = None):
+    """Confusion matrices side by side, one panel per {title: matrix} (persona_lib.multi's
+    `confusion` schema: "rows", "labels", "rates", "counts", "diagonal"). Rows are the persona
+    asked for, columns the persona attributed; each cell shows the row's share and its count,
+    each panel title its mean diagonal. Put the classifier's own matrix first: its diagonal is
+    the ceiling the others are read against."""
+    panels = list(matrices.items())
+    fig = new_figure(4.2 * len(panels), 4.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, m) in zip(axes, panels):
+        ax.imshow(m["rates"], vmin=0, vmax=1, cmap="Blues")
+        for i, row in enumerate(m["rates"]):
+            for j, rate in enumerate(row):
+                ax.text(j, i, f"{rate:.2f}\n({m['counts'][i][j]})", ha="center", va="center", fontsize=8,
+                        color="white" if rate > 0.6 else "black")
+        ax.set_xticks(range(len(m["labels"])), [_slug_label(x) for x in m["labels"]], rotation=30, ha="right")
+        ax.set_yticks(range(len(m["rows"])), [_slug_label(x) for x in m["rows"]])
+        ax.set_xlabel("attributed by the classifier")
+        ax.set_title(f"{name}\nmean diagonal {m['mean_diagonal']:.2f}", fontsize=10)
+    axes[0].set_ylabel("persona asked for")
+    fig.suptitle(title)
+    return _finish(fig, path)
+
+
+def _slug_label(slug: str) -> str:
+    return slug.replace("_", " ")
+
+
+def blend_curve_plot(curve: Mapping, *, path: str | os.PathLike | None = None):
+    """Classifier probabilities of both voices against the blend weight (0: all the first
+    adapter, 1: all the second), with the share of replies attributed to the second voice."""
+    weights = [r["weight"] for r in curve["rows"]]
+    fig = new_figure()
+    ax = fig.add_subplot()
+    ax.plot(weights, [r["p_a"] for r in curve["rows"]], "o-", label=f"P({_slug_label(curve['a'])})")
+    ax.plot(weights, [r["p_b"] for r in curve["rows"]], "s-", label=f"P({_slug_label(curve['b'])})")
+    ax.plot(weights, [r["share_b"] for r in curve["rows"]], "^--", color="grey",
+            label=f"share of replies attributed to {_slug_label(curve['b'])}")
+    ax.set_xlabel(f"blend weight on {_slug_label(curve['b'])}")
+    ax.set_ylabel("mean classifier probability / share")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xticks(weights)
+    ax.set_title(f"Blending {_slug_label(curve['a'])} into {_slug_label(curve['b'])} ({curve['combination']}): "
+                 f"{curve['trend']}")
+    ax.legend(fontsize=8)
+    return _finish(fig, path)

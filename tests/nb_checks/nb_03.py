@@ -1,0 +1,36 @@
+"""What notebook 03 writes in smoke mode (CI has no OpenAI key: the local llama.cpp path)."""
+
+import json
+from pathlib import Path
+
+
+def check(run: Path) -> None:
+    from persona_lib import dataset, generate
+
+    data = run / "data"
+    generated = data / "generated.jsonl"
+    records = dataset.load_records(generated, persona="taskmaster") if generated.stat().st_size else []
+    ledger = [json.loads(line) for line in generate.ledger_path(generated).read_text().splitlines()]
+    report = json.loads(generate.report_path(generated).read_text())
+
+    # Two requests through the real local server, each booked once: kept or rejected with a reason.
+    assert report["endpoint"]["kind"] == "llamacpp" and report["endpoint"]["dialect"] == "json_object"
+    assert report["target"] == 2 and report["requests"] >= 2 and not report["failed_this_run"]
+    assert len(ledger) == 2 and {row["status"] for row in ledger} <= {"accepted", "rejected"}
+    assert all(row["reason"] for row in ledger if row["status"] == "rejected")
+    assert report["accepted_total"] == len(records) == sum(row["status"] == "accepted" for row in ledger)
+    assert sum(report["rejected_this_run"].values()) + report["accepted_this_run"] == 2
+    assert report["vocabulary"]["phrases"] == 12 and report["cost_usd"] == 0.0
+    for record in records:
+        assert generate.index_of(record["id"]) is not None
+        assert record["source"].startswith("llamacpp:") and record["messages"][0]["role"] == "user"
+    assert (data / "generation_report.png").stat().st_size > 10_000
+
+    # Without a key the training set is the shipped data alone, validated.
+    merged = dataset.load_records(data / "merged.jsonl", persona="taskmaster")
+    assert merged == dataset.load_shipped("taskmaster")
+
+    batch = [json.loads(line) for line in (data / "batch_input.jsonl").read_text().splitlines()]
+    assert len(batch) == 20 and len({row["custom_id"] for row in batch}) == 20
+    assert not {row["custom_id"] for row in batch} & {row["id"] for row in ledger}
+    assert all(row["body"]["response_format"]["type"] == "json_schema" for row in batch)
