@@ -22,7 +22,21 @@ def new_figure(width: float = 7.0, height: float = 4.0):
 
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
+    _show_inline(Figure)
     return fig
+
+
+def _show_inline(figure_type) -> None:
+    """In IPython, display a returned Figure as a PNG. pyplot's inline backend registers this
+    formatter; figures made without pyplot would otherwise show as `<Figure size ...>` text."""
+    from IPython import get_ipython  # ipykernel brings IPython wherever a notebook runs
+
+    shell = get_ipython()
+    if shell is None:
+        return
+    from IPython.core.pylabtools import print_figure
+
+    shell.display_formatter.formatters["image/png"].for_type(figure_type, lambda fig: print_figure(fig, "png"))
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 150) -> Path:

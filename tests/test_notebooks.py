@@ -99,3 +99,7 @@ def test_notebook_runs_in_smoke_mode(nb, tmp_path, shared_runs, tiny_path):
         cwd=str(tmp_path), progress_bar=False, kernel_name="python3",
     )
     check(shared_runs / "taskmaster")
+    executed = json.loads((tmp_path / nb.name).read_text())
+    if any("plots." in source(c) for c in cells(nb)):
+        outputs = [o for c in executed["cells"] for o in c.get("outputs", [])]
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{nb.name} draws figures but none displayed"
