@@ -264,6 +264,7 @@ def drift_lines(per_turn: Mapping[str, Sequence[Mapping]], *, ylabel: str, title
         ax.plot(turns, mean, marker="o", label=name)
         ax.fill_between(turns, [m - v[1] for m, v in zip(mean, values)], [m + v[2] for m, v in zip(mean, values)],
                         alpha=0.2)
+    ax.set_xticks(range(1, 1 + max((len(c) for c in per_turn.values()), default=0)))
     ax.set_xlabel("turn")
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
@@ -350,4 +351,25 @@ def blend_curve_plot(curve: Mapping, *, path: str | os.PathLike | None = None):
     ax.set_title(f"Blending {_slug_label(curve['a'])} into {_slug_label(curve['b'])} ({curve['combination']}): "
                  f"{curve['trend']}")
     ax.legend(fontsize=8)
+    return _finish(fig, path)
+
+
+def gguf_tensor_types(types: Mapping[str, Mapping], *, title: str = "What each GGUF file really holds",
+                      path: str | os.PathLike | None = None):
+    """Stacked bars: megabytes of each tensor type per GGUF file (from `export.tensor_types`),
+    labelled with the file type it declares, so fallbacks from the requested quant show."""
+    fig = new_figure(7.0, 0.9 + 0.6 * len(types))
+    ax = fig.add_subplot()
+    names = list(types)
+    kinds = sorted({k for t in types.values() for k in t["bytes"]}, key=lambda k: (k.startswith("F"), k))
+    left = [0.0] * len(names)
+    for kind in kinds:
+        widths = [types[n]["bytes"].get(kind, 0) / 1e6 for n in names]
+        ax.barh(range(len(names)), widths, left=left, label=kind)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_yticks(range(len(names)), [f"{n}\n(file type {types[n]['file_type']})" for n in names])
+    ax.invert_yaxis()
+    ax.set_xlabel("MB of tensors")
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=min(len(kinds), 6), loc="lower right")
     return _finish(fig, path)

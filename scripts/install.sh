@@ -45,6 +45,13 @@ if [[ ! -f $converters/convert_hf_to_gguf.py ]]; then
   mv "$converters.tmp" "$converters" && rm -rf "$tmp"
 fi
 
+if [[ $requirements == requirements-dev.txt ]] && ! command -v go >/dev/null; then
+  # tests/test_export.py renders Ollama Modelfile templates with Go's real text/template.
+  echo "== installing Go from Debian's packages (for the Modelfile template test)"
+  { apt-get update -qq && apt-get install -y -qq golang-go >/dev/null; } ||
+    echo "   could not install golang-go: the Modelfile template tests will be skipped"
+fi
+
 echo "== installing $requirements into $venv"
 "${pip[@]}" install --quiet --find-links "$wheels" -r "$requirements" -e .
 echo "== installed in $((SECONDS - start)) s; activate with: source $venv/bin/activate"

@@ -1,0 +1,995 @@
+"""From a persona adapter to a local model: merge, GGUF, quantize, verify, Ollama Modelfile.
+
+    result = export("runs/taskmaster/adapter", "runs/taskmaster/export")   # every step, resumable
+
+The steps, each usable on its own (notebook 07 walks through them one by one):
+
+1. `merge_adapter`: fold the LoRA adapter into its base and save a normal HF folder with the
+   tokenizer and chat template used in training (fp32 on CPU, fp16 on a GPU).
+2. `convert_to_gguf`: llama.cpp's own `convert_hf_to_gguf.py`, the copy that ships with the
+   pinned llama-cpp-python (unpacked by scripts/install.sh), run with *its* `gguf-py`, not the
+   pip `gguf` package, so converter and runtime agree on the format. f16 output.
+3. `quantize_gguf`: llama.cpp's quantizer through `llama_cpp.llama_model_quantize` (Q4_K_M,
+   Q8_0, ...). `tensor_types` then reads what the file really holds: k-quants work on blocks
+   of 256 values, so a tensor whose rows are not a multiple of 256 falls back to another type
+   (the tiny test model's 64-wide rows never become Q4_K; SmolLM2-135M's 576-wide ones neither).
+4. `convert_lora`: the adapter as a GGUF LoRA (`convert_lora_to_gguf.py --base`), so one base
+   GGUF carries every persona; `PersonaAdapters` switches between them in llama.cpp.
+5. Verification in llama.cpp: `chat_check` (the GGUF ends a reply at the end-of-turn token),
+   `export_parity` (the same held-out prompts, greedy, through the HF model, the f16 GGUF and
+   the quantized GGUF: the f16 step separates template or tokenizer faults from quantization
+   loss).
+6. `modelfile`: an Ollama Modelfile whose TEMPLATE is the training chat template in Go
+   template syntax, checked by tests/test_export.py against the tokenizer, the GGUF's own
+   template and Go's real text/template.
+
+Every output is written under a temporary name and renamed when complete, so an interrupted
+export never leaves a broken file under a final name, and a rerun skips finished files.
+Before each heavy step the free disk and memory are checked against what the step needs.
+On Colab, `export_unsloth` is the shortcut through Unsloth's own GGUF export, and
+`push_to_hub` is one way to get the file out of the runtime (the run folder on Drive is the
+other).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from persona_lib import io
+from persona_lib.paths import cache_dir
+
+# llama_ftype names accepted by `quantize_gguf`, with bits per weight for the disk estimate
+# (llama.cpp's quantize tool lists these sizes; a real file differs by the fallbacks).
+QUANT_BITS = {"F16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.7, "Q4_K_M": 4.89, "Q4_0": 4.5}
+
+# The question of the chat check: an everyday TaskMaster request.
+CHECK_QUESTION = [{"role": "user", "content": "I have three deadlines this week. Where do I start?"}]
+
+# ChatML, the template family of SmolLM2 (and Qwen): the only one `ollama_template` writes.
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+
+
+class ExportError(RuntimeError):
+    """An export step that cannot go on; the message says which file or resource and the fix."""
+
+
+@dataclass
+class ExportConfig:
+    quants: tuple[str, ...] = ("Q4_K_M", "Q8_0")  # Q4_K_M: the usual laptop file; Q8_0: near-lossless reference
+    merge_dtype: str = "auto"  # auto: float16 on a GPU, float32 on CPU (this CPU has no fast half precision)
+    lora: bool = True  # also write the adapter as a GGUF LoRA over a base GGUF (the multi-persona form)
+    parity_prompts: int = 8  # held-out prompts for export parity; the benchmark uses 40+
+    max_new_tokens: int = 64  # greedy tokens per parity reply: enough for the voice to show or not
+    temperature: float = 0.3  # Modelfile default: a small model drifts out of voice at high temperature
+    num_ctx: int = 2048  # Modelfile context: persona chats are short, and more context costs laptop memory
+    n_ctx: int = 2048  # llama.cpp context for the checks here
+    force: bool = False  # redo finished steps instead of resuming
+
+    def __post_init__(self):
+        self.quants = tuple(self.quants)
+        unknown = [q for q in self.quants if q not in QUANT_BITS]
+        if unknown or not self.quants:
+            raise ValueError(f"quants must be a non-empty subset of {', '.join(QUANT_BITS)}, got {list(self.quants)}")
+        if self.merge_dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"merge_dtype must be auto, float32, float16 or bfloat16, not {self.merge_dtype!r}")
+        if self.parity_prompts < 1 or self.max_new_tokens < 1:
+            raise ValueError("parity_prompts and max_new_tokens must be at least 1")
+        if not 0 <= self.temperature <= 2:
+            raise ValueError(f"temperature must be within 0..2, got {self.temperature}")
+        if self.num_ctx < 256 or self.n_ctx < 256:
+            raise ValueError("num_ctx and n_ctx must be at least 256 tokens")
+
+    @classmethod
+    def smoke(cls, **overrides) -> "ExportConfig":
+        """Every step on the tiny model in seconds: one quant, two prompts, eight tokens."""
+        return cls(**{"quants": ("Q4_K_M",), "parity_prompts": 2, "max_new_tokens": 8, "n_ctx": 512, **overrides})
+
+
+# ----------------------------------------------------------------------------- files and resources
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def size_of(path: str | os.PathLike) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@contextlib.contextmanager
+def atomic_output(final: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `final` (file or folder) that becomes `final` only when the
+    block ends without error; otherwise it is removed and `final` is left as it was.
+
+    A partial path left by a run that was killed outright is cleared on the next try.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial")
+    _remove(tmp)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise ExportError(f"the step writing {final} finished without writing anything")
+        if final.exists():
+            _remove(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            _remove(tmp)
+
+
+def once(final: str | os.PathLike, make, *, force: bool = False) -> Path:
+    """`make(final)` unless `final` already exists (outputs appear only when complete, so an
+    existing one is finished): an interrupted export resumes at the step it was in."""
+    final = Path(final)
+    if final.exists() and not force:
+        print(f"{final.name}: already there, skipping (force=True redoes it)")
+        return final
+    make(final)
+    return final
+
+
+def param_count(folder: str | os.PathLike) -> int:
+    """Parameters in a HF folder, read from the safetensors headers (no weights loaded)."""
+    total = 0
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise ExportError(f"{folder} has no *.safetensors weights: is it a Hugging Face model folder?")
+    for f in files:
+        with f.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                count = 1
+                for d in entry["shape"]:
+                    count *= d
+                total += count
+    return total
+
+
+def check_resources(step: str, where: str | os.PathLike, *, disk: float, memory: float = 0) -> dict:
+    """Say what `step` needs (bytes of free disk under `where`, bytes of memory) and what is
+    there; raise ExportError with the fix when either falls short."""
+    import psutil
+
+    where = Path(where)
+    probe = where
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    available = psutil.virtual_memory().available
+    line = (f"[{step}] needs about {_gb(disk)} of disk in {where} ({_gb(free)} free) "
+            f"and {_gb(memory)} of memory ({_gb(available)} available)")
+    print(line)
+    if free < disk:
+        raise ExportError(f"{line}: not enough disk. Free space there, or export to a larger disk (on Colab "
+                          "the runtime's own /content has far more room than Drive's free 15 GB)")
+    if available < memory:
+        raise ExportError(f"{line}: not enough memory. Close other notebooks or runtimes, or run this step "
+                          "on a machine with more memory (Colab: Runtime > Change runtime type)")
+    return {"disk_needed": int(disk), "disk_free": int(free), "memory_needed": int(memory),
+            "memory_available": int(available)}
+
+
+# ----------------------------------------------------------------------------- llama.cpp's scripts
+
+
+def llama_cpp_version() -> str:
+    return metadata.version("llama-cpp-python")
+
+
+def converter_dir() -> Path:
+    """llama.cpp's converter scripts for the installed llama-cpp-python, unpacked at install time."""
+    path = cache_dir() / f"llama.cpp-{llama_cpp_version()}"
+    if not (path / "convert_hf_to_gguf.py").is_file() or not (path / "gguf-py" / "gguf").is_dir():
+        raise ExportError(f"llama.cpp's GGUF converter is missing from {path}. Run `bash scripts/install.sh` "
+                          "(on Colab, the notebook's install cell): it unpacks convert_hf_to_gguf.py, "
+                          "convert_lora_to_gguf.py, gguf-py/ and conversion/ from the llama-cpp-python source "
+                          "distribution")
+    return path
+
+
+def converter_env() -> dict:
+    """The environment the converter runs in: its own gguf-py first on the import path, so the
+    pip `gguf` package (another version) is never the one it writes with."""
+    env = dict(os.environ)
+    gguf_py = str(converter_dir() / "gguf-py")
+    env["PYTHONPATH"] = os.pathsep.join([gguf_py, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else gguf_py
+    env.setdefault("HF_HUB_OFFLINE", "1")  # the converter needs nothing from the Hub: the folder is local
+    return env
+
+
+def _run_script(script: str, args: Sequence[str], log: Path) -> None:
+    """Run one of llama.cpp's scripts; its output goes to `log`, and a failure shows its tail."""
+    cmd = [sys.executable, str(converter_dir() / script), *map(str, args)]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        code = subprocess.run(cmd, env=converter_env(), stdout=out, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL).returncode
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        raise ExportError(f"{script} failed (exit code {code}); full log: {log}\n{tail}")
+
+
+def _check_gguf(path: Path) -> int:
+    """The tensor count in a GGUF header; raises when the file is not GGUF or holds no tensors.
+    (Reading the whole file is `tensor_types`' job: it takes seconds, for the vocabulary.)"""
+    with path.open("rb") as f:
+        header = f.read(16)
+    if len(header) < 16 or header[:4] != b"GGUF":
+        raise ExportError(f"{path} is not a GGUF file (it does not start with the GGUF header)")
+    (n_tensors,) = struct.unpack("<Q", header[8:16])
+    if n_tensors == 0:
+        raise ExportError(f"{path} holds no tensors")
+    return n_tensors
+
+
+# ----------------------------------------------------------------------------- merge
+
+
+def _byte_level_tokenizer_json(folder: Path) -> dict | None:
+    """The tokenizer.json of `folder` made readable as byte-level BPE by llama.cpp's converter,
+    or None when it needs no change.
+
+    transformers builds SmolLM2's tokenizer from a GGUF file as BPE with SentencePiece's byte
+    fallback and a '▁'-replacing decoder. From that flag llama.cpp's converter writes a
+    SentencePiece vocabulary, which crashes llama.cpp at the first space. A byte-level BPE
+    never falls back to bytes (every byte is a token), so dropping the flag and using the
+    plain ByteLevel decoder, as in SmolLM2's own tokenizer.json, changes no token; the
+    converter then recognises the pre-tokenizer (`smollm`) and writes a GPT-2 vocabulary.
+    """
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    pre = json.dumps(data.get("pre_tokenizer"))
+    if data["model"].get("type") != "BPE" or not data["model"].get("byte_fallback") or '"ByteLevel"' not in pre:
+        return None
+    data["model"]["byte_fallback"] = False
+    data["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    return data
+
+
+@contextlib.contextmanager
+def _converter_view(hf_dir: Path, beside: Path) -> Iterator[Path]:
+    """`hf_dir` as the converter should read it: itself, or, when its tokenizer.json needs the
+    byte-level repair, a temporary folder of links to its files with a repaired tokenizer.json
+    (the model folder itself, maybe a shared cache, is never changed)."""
+    data = _byte_level_tokenizer_json(hf_dir)
+    if data is None:
+        yield hf_dir
+        return
+    view = beside.with_name(f".{beside.name}.source")
+    _remove(view)
+    view.mkdir(parents=True)
+    try:
+        for entry in hf_dir.iterdir():
+            if entry.name != "tokenizer.json":
+                (view / entry.name).symlink_to(entry.resolve())
+        (view / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        yield view
+    finally:
+        _remove(view)
+
+
+def adapter_base(adapter_dir: str | os.PathLike) -> str:
+    """The base model an adapter was trained on: the model id in persona_lib.train's
+    manifest.json, else `base_model_name_or_path` of adapter_config.json.
+
+    The manifest comes first because Unsloth writes its pre-quantized 4-bit repository into
+    adapter_config.json; merging into the 16-bit original instead is what Unsloth's own merged
+    export does, and it gives the converter ordinary 16-bit weights.
+    """
+    adapter_dir = Path(adapter_dir)
+    config = adapter_dir / "adapter_config.json"
+    if not config.is_file():
+        raise ExportError(f"{config} is missing: `adapter_dir` must be a PEFT adapter folder "
+                          "(train one with notebook 04, or `persona run`)")
+    if (adapter_dir / "manifest.json").is_file():
+        return io.read_json(adapter_dir / "manifest.json")["base_model"]
+    base = io.read_json(config).get("base_model_name_or_path")
+    if not base:
+        raise ExportError(f"{config} has no base_model_name_or_path: save the adapter with PEFT's save_pretrained")
+    return base
+
+
+def model_dir(model_id: str) -> Path:
+    """A local folder for a model id: the persona-lab names and folders as they are, a Hub id
+    from the Hugging Face cache (downloading it when allowed, as from_pretrained would)."""
+    from persona_lib.models import resolve
+
+    path = Path(resolve(model_id))
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+
+
+def base_model_dir(adapter_dir: str | os.PathLike) -> Path:
+    """The local folder of the base model an adapter was trained on."""
+    return model_dir(adapter_base(adapter_dir))
+
+
+def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *, dtype: str = "auto",
+                  base: str | None = None) -> Path:
+    """The adapter folded into its base, saved as a normal HF folder at `out_dir` with the
+    tokenizer (and chat template) saved beside the adapter, else the base's.
+
+    `dtype` auto: float16 on a GPU, float32 on CPU. The folder appears only when complete.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    base_dir = model_dir(base) if base else base_model_dir(adapter_dir)
+    cuda = torch.cuda.is_available()
+    dtype = ("float16" if cuda else "float32") if dtype == "auto" else dtype
+    n = param_count(base_dir)
+    width = 2 if dtype in ("float16", "bfloat16") else 4
+    # Memory: the base in the chosen dtype plus a transient copy while saving (on a GPU, only
+    # the shards passing through on their way to the card); disk: one copy.
+    check_resources("merge", out_dir.parent, disk=1.1 * n * width, memory=(0.3 if cuda else 2.2) * n * width)
+    tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
+    with atomic_output(out_dir) as tmp:
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype),
+                                                     device_map="cuda" if cuda else None)
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
+        if (repaired := _byte_level_tokenizer_json(tmp)) is not None:
+            io.atomic_write_text(tmp / "tokenizer.json", json.dumps(repaired, ensure_ascii=False))
+        del model
+    return out_dir
+
+
+def random_adapter(out_dir: str | os.PathLike, base: str = "tiny", *, seed: int = 0, std: float = 0.02,
+                   rank: int = 8) -> Path:
+    """A LoRA adapter with random weights on every linear layer, saved like a trained one
+    (tokenizer beside it): the export path runs end to end without training first.
+
+    lora_B is drawn from N(0, std) instead of PEFT's zeros, so merging changes the weights
+    and two seeds give two different "personas". It says nothing about any persona's voice.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from persona_lib.models import resolve
+
+    base_path = resolve(base)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, std)
+    with atomic_output(out_dir) as tmp:
+        peft_model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(base_path).save_pretrained(tmp)
+    return Path(out_dir)
+
+
+def pick_adapter(folder: str | os.PathLike, model_id: str, *, quick_dir: str | os.PathLike | None = None,
+                 seed: int = 0) -> tuple[Path, bool]:
+    """(adapter folder, trained?): the adapter in `folder` when it was trained on `model_id`;
+    otherwise, given `quick_dir`, a quick random adapter made there (smoke runs); otherwise an
+    error saying which lesson trains it."""
+    from persona_lib.multi import usable_adapter
+
+    folder = Path(folder)
+    if usable_adapter(folder, model_id):
+        return folder, True
+    if quick_dir is None:
+        raise ExportError(f"no adapter trained on {model_id} in {folder}: train it first (lesson 4, or "
+                          "`persona run`), or point to another adapter folder")
+    # std 0.3: on the random tiny model, adapters this strong give visibly different replies.
+    return once(quick_dir, lambda p: random_adapter(p, model_id, seed=seed, std=0.3)), False
+
+
+def persona_loras(runs_root: str | os.PathLike, model_id: str, out_dir: str | os.PathLike, *,
+                  personas: Sequence[str] = ("taskmaster", "captain_codebeard", "zen_coder"),
+                  quick: bool = False) -> dict[str, Path]:
+    """Each persona's adapter (`<runs_root>/<slug>/adapter`, trained on `model_id`) as a GGUF
+    LoRA in `out_dir`. Without a trained adapter a persona is left out, or, with `quick`
+    (smoke runs), gets a quick random one. Prints where each came from."""
+    runs_root, out_dir = Path(runs_root), Path(out_dir)
+    loras = {}
+    for i, slug in enumerate(personas):
+        folder = runs_root / slug / "adapter"
+        try:
+            folder, trained = pick_adapter(folder, model_id, seed=i + 1,
+                                           quick_dir=out_dir / "quick_adapters" / slug if quick else None)
+        except ExportError:
+            print(f"{slug:<18} left out: no adapter trained on {model_id} in {folder} (lesson 6 trains one)")
+            continue
+        loras[slug] = once(out_dir / f"{slug}.lora.gguf", lambda p: convert_lora(folder, p))
+        print(f"{slug:<18} {size_of(loras[slug]) / 1e6:6.2f} MB from {'its trained' if trained else 'a QUICK RANDOM'} "
+              f"adapter {folder}")
+    return loras
+
+
+# ----------------------------------------------------------------------------- GGUF
+
+
+def convert_to_gguf(hf_dir: str | os.PathLike, out_path: str | os.PathLike, *, outtype: str = "f16") -> Path:
+    """llama.cpp's convert_hf_to_gguf.py on a HF folder; the file appears only when complete."""
+    hf_dir, out_path = Path(hf_dir), Path(out_path)
+    n = param_count(hf_dir)
+    # The converter streams tensors lazily; a few of the largest in flight, counted as one copy.
+    check_resources(f"convert {hf_dir.name} -> {out_path.name}", out_path.parent, disk=1.1 * n * 2, memory=n * 2)
+    with atomic_output(out_path) as tmp, _converter_view(hf_dir, out_path) as source:
+        args = [source, "--outfile", tmp, "--outtype", outtype, "--model-name", hf_dir.name]
+        _run_script("convert_hf_to_gguf.py", args, out_path.parent / "logs" / f"{out_path.name}.log")
+        _check_gguf(tmp)
+    return out_path
+
+
+def quantize_gguf(src: str | os.PathLike, out_path: str | os.PathLike, quant: str = "Q4_K_M", *,
+                  threads: int | None = None) -> Path:
+    """llama.cpp's quantizer (`llama_model_quantize`) from an f16 GGUF to `quant`."""
+    import llama_cpp
+
+    src, out_path = Path(src), Path(out_path)
+    if quant not in QUANT_BITS:
+        raise ValueError(f"quant must be one of {', '.join(QUANT_BITS)}, not {quant!r}")
+    n_bytes = src.stat().st_size
+    check_resources(f"quantize {src.name} -> {quant}", out_path.parent, disk=1.1 * n_bytes * QUANT_BITS[quant] / 16,
+                    memory=n_bytes)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant}")
+    params.nthread = threads or default_threads()
+    # llama.cpp prints a line per tensor, and a warning per fallback; `tensor_types` reports both.
+    log = logging.getLogger("llama-cpp-python")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        with atomic_output(out_path) as tmp:
+            code = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+            if code != 0:
+                raise ExportError(f"llama_model_quantize({src} -> {quant}) failed with code {code}")
+            _check_gguf(tmp)
+    finally:
+        log.setLevel(level)
+    return out_path
+
+
+def convert_lora(adapter_dir: str | os.PathLike, out_path: str | os.PathLike, *,
+                 base_dir: str | os.PathLike | None = None) -> Path:
+    """A PEFT adapter as a GGUF LoRA (convert_lora_to_gguf.py --base), f16."""
+    adapter_dir, out_path = Path(adapter_dir), Path(out_path)
+    base_dir = Path(base_dir) if base_dir else base_model_dir(adapter_dir)
+    n_bytes = (adapter_dir / "adapter_model.safetensors").stat().st_size
+    check_resources(f"convert {adapter_dir.parent.name}/{adapter_dir.name} -> {out_path.name}", out_path.parent,
+                    disk=1.1 * n_bytes, memory=2 * n_bytes)
+    with atomic_output(out_path) as tmp:
+        _run_script("convert_lora_to_gguf.py", ["--base", base_dir, "--outfile", tmp, "--outtype", "f16", adapter_dir],
+                    out_path.parent / "logs" / f"{out_path.name}.log")
+        _check_gguf(tmp)
+    return out_path
+
+
+def tensor_types(path: str | os.PathLike) -> dict:
+    """What a GGUF file really holds: its declared file type, and tensors and bytes per type.
+
+    {"file_type": "Q4_K_M", "tensors": {"Q5_0": 12, ...}, "bytes": {"Q5_0": 43648, ...}}
+    """
+    from collections import Counter
+
+    from gguf import GGUFReader, LlamaFileType
+
+    reader = GGUFReader(str(path))
+    field_ = reader.fields["general.file_type"]
+    file_type = LlamaFileType(int(field_.parts[field_.data[0]][0])).name
+    count, size = Counter(), Counter()
+    for t in reader.tensors:
+        count[t.tensor_type.name] += 1
+        size[t.tensor_type.name] += int(t.n_bytes)
+    return {"file_type": file_type.removeprefix("MOSTLY_"), "tensors": dict(count.most_common()),
+            "bytes": dict(size.most_common())}
+
+
+# ----------------------------------------------------------------------------- llama.cpp at run time
+
+
+def default_threads() -> int:
+    """Half the cores: llama.cpp's threads spin-wait, and one thread per core collapses as soon
+    as anything else runs on the machine (see persona_lib.llm.LocalServer)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def load_gguf(path: str | os.PathLike, *, n_ctx: int = 2048, lora_path: str | os.PathLike | None = None,
+              threads: int | None = None):
+    """A `llama_cpp.Llama` over a GGUF file (optionally with one GGUF LoRA), quiet."""
+    from llama_cpp import Llama
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"GGUF file not found: {path}")
+    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or default_threads(), seed=0, verbose=False,
+                 lora_path=str(lora_path) if lora_path else None)
+
+
+def chat_formatter(llm):
+    """The prompt builder llama-cpp-python uses for this GGUF: a Jinja2 rendering of the
+    file's own `tokenizer.chat_template`, with its BOS/EOS texts (as `Llama.__init__` builds
+    it). `create_chat_completion` and `python -m llama_cpp.server` format chats with it.
+
+    (llama.cpp's C function `llama_chat_apply_template` does not run Jinja: it recognises the
+    template as ChatML and applies a built-in one, which leaves out SmolLM2's default system
+    prompt when a chat has none. tests/test_export.py shows the difference.)
+    """
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    if llm.chat_format != "chat_template.default":
+        raise ExportError(f"llama.cpp chose the built-in chat format {llm.chat_format!r} for this GGUF, not the "
+                          "template in the file; the GGUF has no usable tokenizer.chat_template")
+    return Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"],
+                               eos_token=token_text(llm, llm.token_eos()), bos_token=token_text(llm, llm.token_bos()),
+                               stop_token_ids=[llm.token_eos()])
+
+
+def token_text(llm, token: int) -> str:
+    return llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+
+def gguf_prompt(llm, messages: Sequence[dict]) -> str:
+    """The prompt text llama.cpp (llama-cpp-python) builds for `messages` from this GGUF."""
+    return chat_formatter(llm)(messages=list(messages)).prompt
+
+
+def is_end_of_generation(llm, token: int) -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(llm.model), token))
+
+
+def greedy_ids(llm, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+    """Greedy continuation of `prompt_ids` up to the first end-of-generation token (excluded)."""
+    llm.reset()
+    out: list[int] = []
+    for token in llm.generate(list(prompt_ids), temp=0.0, repeat_penalty=1.0):
+        if is_end_of_generation(llm, token) or len(out) >= max_new_tokens:
+            break
+        out.append(token)
+    return out
+
+
+def chat_check(llm, messages: Sequence[dict], *, max_tokens: int = 64, end_of_turn: str = IM_END) -> dict:
+    """Chat once in llama.cpp and check the end of a turn.
+
+    - the GGUF's EOS is `end_of_turn` and llama.cpp treats it as end-of-generation;
+    - a free greedy reply (`finish_reason` "stop" when the model ended its turn itself);
+    - with the end-of-turn token forced as the first token (a logit bias), the reply must
+      come back empty with `finish_reason` "stop": llama.cpp stops there and does not print it.
+    """
+    eos = llm.token_eos()
+    eos_text = token_text(llm, eos)
+    reply = llm.create_chat_completion(list(messages), temperature=0.0, max_tokens=max_tokens)["choices"][0]
+    forced = llm.create_chat_completion(list(messages), temperature=0.0, max_tokens=8,
+                                        logit_bias={eos: 100.0})["choices"][0]
+    result = {
+        "eos_token": eos_text,
+        "eos_is_end_of_turn": eos_text == end_of_turn,
+        "eos_is_end_of_generation": is_end_of_generation(llm, eos),
+        "reply": reply["message"]["content"],
+        "finish_reason": reply["finish_reason"],
+        "forced_end_of_turn_stops": forced["finish_reason"] == "stop" and forced["message"]["content"] == "",
+    }
+    checks = ("eos_is_end_of_turn", "eos_is_end_of_generation", "forced_end_of_turn_stops")
+    result["ok"] = all(result[k] for k in checks)
+    return result
+
+
+class PersonaAdapters:
+    """One base GGUF in memory and several GGUF LoRA adapters; `use(name)` switches persona.
+
+        personas = PersonaAdapters("base.f16.gguf", {"taskmaster": "taskmaster.lora.gguf", ...})
+        personas.use("taskmaster"); personas.chat(messages)
+        personas.use(None)  # the base model alone
+
+    This is llama.cpp's multi-LoRA: each adapter is loaded once (a few MB) and switching only
+    changes which one the context applies, so three personas cost one base in memory.
+    """
+
+    def __init__(self, base_gguf: str | os.PathLike, adapters: Mapping[str, str | os.PathLike], *,
+                 n_ctx: int = 2048):
+        import llama_cpp
+
+        self.llm = load_gguf(base_gguf, n_ctx=n_ctx)
+        self.adapters = {}
+        for name, path in adapters.items():
+            handle = llama_cpp.llama_adapter_lora_init(self.llm.model, str(path).encode())
+            if not handle:
+                raise ExportError(f"llama.cpp could not load the LoRA {path} over {base_gguf}: was it converted "
+                                  "with convert_lora from an adapter of this base model?")
+            self.adapters[name] = handle  # freed with the model (llama.cpp owns adapters per model)
+        self.active: str | None = None
+
+    def use(self, name: str | None, scale: float = 1.0) -> None:
+        import llama_cpp
+
+        if name is None:
+            code = llama_cpp.llama_set_adapters_lora(self.llm.ctx, None, 0, None)
+        else:
+            if name not in self.adapters:
+                raise KeyError(f"no adapter named {name!r}; loaded: {', '.join(self.adapters)}")
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.adapters[name])
+            code = llama_cpp.llama_set_adapters_lora(self.llm.ctx, handles, 1, (ctypes.c_float * 1)(scale))
+        if code != 0:
+            raise ExportError(f"llama_set_adapters_lora failed for {name!r} (code {code})")
+        self.llm.reset()  # the cached prompt was computed under the previous adapter
+        self.active = name
+
+    def chat(self, messages: Sequence[dict], **kw) -> dict:
+        return self.llm.create_chat_completion(list(messages), **kw)
+
+    def reply(self, messages: Sequence[dict], max_tokens: int = 64) -> str:
+        """A greedy reply under the active adapter."""
+        return self.chat(messages, temperature=0.0, max_tokens=max_tokens)["choices"][0]["message"]["content"]
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+# ----------------------------------------------------------------------------- export parity
+
+
+def hf_greedy_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, batch_size: int = 8,
+                  progress: bool = True) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, greedy reply ids up to the EOS, excluded) for each prompt text, batched
+    with left padding like `persona_lib.chat.generate_replies`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    # llama.cpp ends a reply at any end-of-generation token (<|endoftext|> as well as <|im_end|>):
+    # cut HF's replies at the same ones, so that a difference is the model's, not the runtime's.
+    stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    prompt_ids, replies = [], []
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc="HF greedy", disable=not progress):
+            batch = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt", padding=True,
+                              add_special_tokens=False)
+            with torch.inference_mode():
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            new_tokens = out[:, batch["input_ids"].shape[1]:]
+            for row, mask, new in zip(batch["input_ids"], batch["attention_mask"], new_tokens):
+                prompt_ids.append(row[mask.bool()].tolist())
+                ids = new.tolist()
+                ends = [i for i, t in enumerate(ids) if t in stop]
+                replies.append(ids[:ends[0]] if ends else ids)
+    finally:
+        tokenizer.padding_side = side
+    return prompt_ids, replies
+
+
+def token_agreement(a: Sequence[int], b: Sequence[int]) -> float:
+    """Share of greedy tokens two systems agree on before they first diverge: the common
+    prefix over the longer reply (1.0 for two identical replies, including two empty ones)."""
+    longest = max(len(a), len(b))
+    if longest == 0:
+        return 1.0
+    same = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        same += 1
+    return same / longest
+
+
+def signature_flags(replies: Sequence[str], phrases: Sequence[str]) -> list[float]:
+    """Per reply, 1.0 when it uses any signature phrase of the persona: the deterministic
+    persona measure of export parity (persona_lib.metrics holds the full set)."""
+    from persona_lib.metrics import any_phrase
+
+    return any_phrase(replies, phrases)
+
+
+def export_parity(hf_dir: str | os.PathLike, ggufs: Mapping[str, str | os.PathLike],
+                  conversations: Sequence[Sequence[dict]], phrases: Sequence[str], *,
+                  ids: Sequence[str] | None = None, max_new_tokens: int = 64,
+                  n_ctx: int = 2048, n_boot: int = 2000, seed: int = 0, progress: bool = True) -> dict:
+    """The same conversations, greedy, through the HF model and each GGUF.
+
+    Each GGUF builds its prompt from its own embedded chat template and tokenizer, so a
+    template or tokenizer fault shows up already in the f16 file, and what the quantized file
+    adds on top of f16 is quantization loss. Per system: the signature-phrase rate, its paired
+    bootstrap difference from HF over prompts (goal: the interval contains 0), the greedy
+    token agreement with HF, the share of identical replies, and the share of prompts whose
+    token ids equal HF's.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from persona_lib.metrics import bootstrap_ci, paired_bootstrap
+
+    ids = list(ids) if ids is not None else [f"prompt-{i}" for i in range(len(conversations))]
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True) for c in conversations]
+    hf_prompts, hf_ids = hf_greedy_ids(model, tokenizer, texts, max_new_tokens, progress=progress)
+    del model
+    replies = {"hf": [tokenizer.decode(r, skip_special_tokens=True).strip() for r in hf_ids]}
+    tokens = {"hf": hf_ids}
+    same_prompt: dict[str, list[bool]] = {}
+    for name, path in ggufs.items():
+        llm = load_gguf(path, n_ctx=n_ctx)
+        tokens[name], replies[name], same_prompt[name] = [], [], []
+        for conv, ref in tqdm(list(zip(conversations, hf_prompts)), desc=f"{name} greedy", disable=not progress):
+            prompt = llm.tokenize(gguf_prompt(llm, conv).encode(), add_bos=False, special=True)
+            same_prompt[name].append(prompt == ref)
+            out = greedy_ids(llm, prompt, max_new_tokens)
+            tokens[name].append(out)
+            replies[name].append(llm.detokenize(out).decode("utf-8", errors="replace").strip())
+        llm.close()
+    flags = {name: signature_flags(r, phrases) for name, r in replies.items()}
+    ci = dict(n_boot=n_boot, seed=seed)
+    systems = {"hf": {"signature_rate": bootstrap_ci(flags["hf"], **ci)}}
+    for name in ggufs:
+        agree = [token_agreement(a, b) for a, b in zip(tokens["hf"], tokens[name])]
+        systems[name] = {
+            "signature_rate": bootstrap_ci(flags[name], **ci),
+            "signature_diff_vs_hf": paired_bootstrap(flags["hf"], flags[name], **ci),
+            "token_agreement": sum(agree) / len(agree),
+            "identical_replies": sum(a == 1.0 for a in agree) / len(agree),
+            "prompt_tokens_equal": sum(same_prompt[name]) / len(same_prompt[name]),
+        }
+    rows = [{"id": pid, "messages": list(conv),
+             **{f"{name}_reply": replies[name][i] for name in replies},
+             **{f"{name}_signature": flags[name][i] for name in flags},
+             **{f"{name}_agreement": token_agreement(tokens["hf"][i], tokens[name][i]) for name in ggufs}}
+            for i, (pid, conv) in enumerate(zip(ids, conversations))]
+    return {"n": len(conversations), "max_new_tokens": max_new_tokens, "systems": systems, "rows": rows}
+
+
+# ----------------------------------------------------------------------------- Ollama
+
+
+def ollama_template(tokenizer) -> tuple[str, str | None] | None:
+    """The tokenizer's chat template as an Ollama TEMPLATE (Go text/template over `.Messages`),
+    with the default system prompt the template inserts when a chat has none (or None).
+
+    Written for ChatML templates, recognised by rendering probe chats; any other template
+    gives None: leave TEMPLATE out and Ollama picks a template matching the GGUF's own.
+    """
+    s, u, a, v = "SYS-7f3a9", "USER-7f3a9", "ASSISTANT-7f3a9", "USER2-7f3a9"
+
+    def render(messages):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def turn(role, content):
+        return f"{IM_START}{role}\n{content}{IM_END}\n"
+
+    tail = turn("user", u) + turn("assistant", a) + turn("user", v) + f"{IM_START}assistant\n"
+    chat = [{"role": "user", "content": u}, {"role": "assistant", "content": a}, {"role": "user", "content": v}]
+    if render([{"role": "system", "content": s}, *chat]) != turn("system", s) + tail:
+        return None
+    plain = render(chat)
+    if not plain.endswith(tail):
+        return None
+    prefix = plain[: -len(tail)]
+    match = re.fullmatch(re.escape(IM_START) + r"system\n(.*)" + re.escape(IM_END) + r"\n", prefix, re.DOTALL)
+    if prefix and not match:
+        return None
+    default = match.group(1) if match else None
+    if default is not None and ("{{" in default or '"""' in default):
+        raise ExportError("the chat template's default system prompt contains '{{' or '\"\"\"', which an Ollama "
+                          "TEMPLATE cannot hold literally; write the Modelfile by hand")
+    insert_default = (
+        '{{- if and .Messages (ne (index .Messages 0).Role "system") }}'
+        f"{IM_START}system\n{default}{IM_END}\n{{{{ end }}}}\n"
+        if default is not None else ""
+    )
+    body = (f"{{{{- range .Messages }}}}{IM_START}{{{{ .Role }}}}\n{{{{ .Content }}}}{IM_END}\n{{{{ end }}}}"
+            f"{IM_START}assistant\n")
+    return insert_default + body, default
+
+
+def modelfile(gguf: str, tokenizer, *, adapter: str | None = None, system: str | None = None,
+              temperature: float = 0.3, num_ctx: int = 2048, title: str = "") -> str:
+    """An Ollama Modelfile for a GGUF (paths relative to the Modelfile's folder).
+
+    TEMPLATE is the training chat template (see `ollama_template`); SYSTEM defaults to the
+    template's own default system prompt, the one every training example was rendered with,
+    so Ollama sends the model exactly the prompts it was trained on. Pass `system` for a
+    model trained with a system prompt (the conditioned multi-persona adapter).
+    """
+    converted = ollama_template(tokenizer)
+    lines = [f"# {title}" if title else "# Exported by persona-lab"]
+    lines += [f"FROM ./{gguf}"]
+    if adapter:
+        lines += [f"ADAPTER ./{adapter}"]
+    if converted is None:
+        lines += ["# TEMPLATE left out: this chat template is not ChatML, and Ollama picks the template",
+                  "# matching the one embedded in the GGUF file (`ollama show --modelfile` prints it)."]
+        stops = [tokenizer.eos_token]
+        default = None
+    else:
+        template, default = converted
+        lines += [f'TEMPLATE """{template}"""']
+        stops = [IM_END, IM_START]
+    system = system if system is not None else default
+    if system:
+        if '"""' in system:
+            raise ExportError('a SYSTEM prompt cannot contain """ in a Modelfile')
+        lines += ["# The persona lives in the weights; SYSTEM is the system prompt the model saw in training.",
+                  f'SYSTEM """{system}"""']
+    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    lines += [f"PARAMETER temperature {temperature:g}", f"PARAMETER num_ctx {num_ctx}"]
+    return "\n".join(lines) + "\n"
+
+
+def parse_modelfile(text: str) -> dict:
+    """The instructions of a Modelfile: {"from", "adapter", "template", "system", "parameters":
+    {name: [values]}}. Values in triple quotes keep every character between the quotes."""
+    out: dict = {"parameters": {}}
+    pos = 0
+    instruction = re.compile(r"[ \t]*(\w+)[ \t]+")
+    while pos < len(text):
+        end = text.find("\n", pos)
+        end = len(text) if end < 0 else end
+        line = text[pos:end]
+        if not line.strip() or line.lstrip().startswith("#"):
+            pos = end + 1
+            continue
+        m = instruction.match(text, pos)
+        if not m:
+            raise ValueError(f"Modelfile line {text.count(chr(10), 0, pos) + 1}: expected an instruction, got {line!r}")
+        name, start = m.group(1).upper(), m.end()
+        if name == "PARAMETER":
+            key, _, value = text[start:end].strip().partition(" ")
+            value = value.strip()
+            out["parameters"].setdefault(key, []).append(value[1:-1] if value.startswith('"') else value)
+            pos = end + 1
+            continue
+        if text.startswith('"""', start):
+            close = text.find('"""', start + 3)
+            if close < 0:
+                raise ValueError(f"Modelfile: {name} opens a triple-quoted value that never closes")
+            value, pos = text[start + 3:close], text.find("\n", close) + 1 or len(text)
+        else:
+            value, pos = text[start:end].strip().strip('"'), end + 1
+        out[name.lower()] = value
+    return out
+
+
+def ollama_commands(name: str, modelfile_path: str = "Modelfile") -> list[str]:
+    """What to run on the laptop, in the folder holding the Modelfile and the GGUF."""
+    return [f"ollama create {name} -f {modelfile_path}", f"ollama run {name}"]
+
+
+# ----------------------------------------------------------------------------- the whole export
+
+
+def export(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, config: ExportConfig | None = None, *,
+           spec=None, progress: bool = True) -> dict:
+    """Adapter -> merged HF folder -> f16 GGUF -> quantized GGUFs (+ GGUF LoRA over a base
+    GGUF), verified in llama.cpp, with an Ollama Modelfile; writes `export.json` in `out_dir`
+    and returns the same record.
+
+    Resumes: a finished file is kept and its step skipped (config.force redoes every step).
+    `spec`: the persona (a PersonaSpec or slug) for the parity prompts and signature phrases;
+    default: the slug of the run folder the adapter sits in (<runs>/<slug>/adapter).
+    """
+    from transformers import AutoTokenizer
+
+    from persona_lib.pipeline import heldout_prompts
+    from persona_lib.spec import PersonaSpec, load_spec
+
+    config = config or ExportConfig()
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    spec = spec if isinstance(spec, PersonaSpec) else load_spec(spec or adapter_dir.parent.name)
+    slug = spec.slug
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps: dict[str, dict] = {}
+
+    def step(name: str, final: Path, make) -> Path:
+        start, existed = time.perf_counter(), final.exists() and not config.force
+        once(final, make, force=config.force)
+        seconds = None if existed else round(time.perf_counter() - start, 2)
+        steps[name] = {"path": final.name, "bytes": size_of(final), "seconds": seconds, "skipped": existed}
+        if not existed:
+            print(f"[{name}] {final.name}: {_gb(steps[name]['bytes'])} in {seconds:.1f} s")
+        return final
+
+    merged = step("merge", out_dir / "merged", lambda p: merge_adapter(adapter_dir, p, dtype=config.merge_dtype))
+    f16 = step("f16", out_dir / f"{slug}.f16.gguf", lambda p: convert_to_gguf(merged, p))
+    quantized = {q: step(q, out_dir / f"{slug}.{q}.gguf", lambda p, q=q: quantize_gguf(f16, p, q))
+                 for q in config.quants}
+    if config.lora:
+        base_dir = base_model_dir(adapter_dir)
+        base_f16 = step("base_f16", out_dir / "base.f16.gguf", lambda p: convert_to_gguf(base_dir, p))
+        lora = step("lora", out_dir / f"{slug}.lora.gguf", lambda p: convert_lora(adapter_dir, p, base_dir=base_dir))
+    for name, path in [("f16", f16), *quantized.items()]:
+        steps[name]["tensor_types"] = tensor_types(path)
+
+    main_quant = config.quants[0]
+    llm = load_gguf(quantized[main_quant], n_ctx=config.n_ctx)
+    check = chat_check(llm, CHECK_QUESTION, max_tokens=config.max_new_tokens)
+    llm.close()
+
+    prompts = heldout_prompts(spec, config.parity_prompts)
+    parity = export_parity(merged, {"f16": f16, main_quant: quantized[main_quant]}, [p["messages"] for p in prompts],
+                           spec.signature_vocabulary, ids=[p["id"] for p in prompts],
+                           max_new_tokens=config.max_new_tokens, n_ctx=config.n_ctx, progress=progress)
+    io.write_jsonl(out_dir / "parity.jsonl", parity.pop("rows"))
+
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    files = {"Modelfile": modelfile(quantized[main_quant].name, tokenizer, temperature=config.temperature,
+                                    num_ctx=config.num_ctx, title=f"{spec.name}, merged and quantized ({main_quant})")}
+    if config.lora:
+        files["Modelfile.adapter"] = modelfile(base_f16.name, tokenizer, adapter=lora.name,
+                                               temperature=config.temperature, num_ctx=config.num_ctx,
+                                               title=f"{spec.name} as a LoRA adapter over the base model")
+    for name, text in files.items():
+        io.atomic_write_text(out_dir / name, text)
+
+    record = {
+        "persona": slug,
+        "adapter": str(adapter_dir),
+        "base": adapter_base(adapter_dir),
+        "llama_cpp_python": llama_cpp_version(),
+        "config": asdict(config),
+        "steps": steps,
+        "chat_check": check,
+        "parity": parity,
+        "modelfiles": list(files),
+        "ollama": ollama_commands(slug),
+    }
+    io.write_json(out_dir / "export.json", record)
+    return record
+
+
+# ----------------------------------------------------------------------------- Colab
+
+
+def export_unsloth(model, tokenizer, out_dir: str | os.PathLike, quants: Sequence[str] = ("Q4_K_M",)) -> list[Path]:
+    """Colab with Unsloth: `save_pretrained_gguf` merges in 16-bit and runs llama.cpp's own
+    converter and quantizer (building llama.cpp in the runtime the first time, several
+    minutes). Returns the GGUF files it wrote."""
+    result = model.save_pretrained_gguf(str(out_dir), tokenizer, quantization_method=[q.lower() for q in quants])
+    return [Path(p) for p in result["gguf_files"]]
+
+
+def push_to_hub(files: Sequence[str | os.PathLike], repo_id: str, *, token: str | None = None,
+                private: bool = True) -> str:
+    """Upload GGUF files and Modelfiles to a Hugging Face model repo (created private if
+    missing) with the learner's token; returns the repo URL. The other way out of Colab:
+    the run folder on Drive, downloaded from drive.google.com."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    for f in files:
+        api.upload_file(path_or_fileobj=str(f), path_in_repo=Path(f).name, repo_id=repo_id)
+    return f"https://huggingface.co/{repo_id}"

@@ -1,0 +1,3 @@
+module persona-lab/ollama-render
+
+go 1.19
