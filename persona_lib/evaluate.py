@@ -1,0 +1,776 @@
+"""The evaluation stage: does the tuned model hold the persona, without losing what it knew?
+
+`evaluate(spec, base_id, adapter_dir, out_dir, config, judge=...)` answers with four systems
+on the same held-out prompts, all with batched greedy generation from one model in memory
+(the adapter is switched off for the base answers):
+
+    base              the base model as it is
+    base_prompted     the base model with the persona's system prompt (the cheap way)
+    tuned             base + adapter, no system prompt (the point of persona tuning)
+    tuned_prompted    base + adapter with the system prompt
+
+and measures:
+- persona: deterministic measures (`metrics.persona_measures`) for every system and kind of
+  held-out prompt (ordinary, out-of-character probes, multi-turn openings); LLM-judge rubric
+  scores and order-swapped pairwise win rates when a judge is given;
+- drift: the shipped scripted dialogues played turn by turn, the persona measured per turn
+  (does it survive the fifth?);
+- knowledge: key-fact recall on the knowledge set, base against tuned, with the base recall
+  reported (a floor effect hides loss);
+- the paired per-prompt comparisons behind the targets, with bootstrap intervals.
+
+Everything lands in `out_dir` (`<runs>/<slug>/eval/`), written atomically: `report.json`
+(every number), `summary.md`, `answers.jsonl`, `figures/*.png`. Generations and judge verdicts
+are cached there, so an interrupted evaluation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from persona_lib import io, metrics, paths
+from persona_lib.spec import PersonaSpec, load_spec, system_prompt
+
+SYSTEMS = ("base", "base_prompted", "tuned", "tuned_prompted")
+LABELS = {"base": "base", "base_prompted": "base + prompt", "tuned": "tuned",
+          "tuned_prompted": "tuned + prompt", "reference": "reference data"}
+KINDS = ("ordinary", "ooc", "multiturn")
+
+
+@dataclass
+class EvalConfig:
+    max_prompts: int | None = None  # held-out prompts, spread over kinds; None: all (49 for TaskMaster)
+    max_new_tokens: int = 160  # TaskMaster answers in ~120 words (~160 tokens); less cuts the closing step
+    batch_size: int = 8  # 8 left-padded prompts per forward: ~3-4x the throughput of one at a time on CPU
+    dialogues: int | None = None  # scripted dialogues for the drift test; None: all
+    drift_turns: int = 5  # the question is whether the persona survives the fifth turn
+    drift_systems: tuple[str, ...] = ("base_prompted", "tuned")  # the comparison that matters; 4 doubles the time
+    knowledge_questions: int | None = None  # None: the whole knowledge set (38 questions)
+    knowledge_max_new_tokens: int = 200  # answers list facts; room for four or five
+    judge_prompts: int = 12  # held-out prompts the judge sees (spread over kinds): 4 rubric + 8 pairwise calls each
+    judge_systems: tuple[str, ...] = SYSTEMS  # systems the judge scores with the rubric
+    pairwise_against: tuple[str, ...] = ("base", "base_prompted")  # tuned is compared with these, both orders
+    judge_drift: bool = True  # the judge also scores each drift system's reply at the last turn
+    n_bootstrap: int = 2000  # interval endpoints settle to ~0.01 beyond this
+    reference_draws: int = 200  # random reference subsets for the diversity comparison
+    seed: int = 0  # bootstraps, prompt subsets, classifier folds
+    progress: bool = True  # tqdm bars for generation and judging
+
+    def __post_init__(self):
+        for name in ("max_prompts", "dialogues", "knowledge_questions"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 or None (all), got {value}")
+        for name in ("max_new_tokens", "batch_size", "drift_turns", "knowledge_max_new_tokens", "n_bootstrap"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.judge_prompts < 0:
+            raise ValueError(f"judge_prompts must be 0 or more, got {self.judge_prompts}")
+        for name in ("drift_systems", "judge_systems", "pairwise_against"):
+            unknown = [s for s in getattr(self, name) if s not in SYSTEMS]
+            if unknown:
+                raise ValueError(f"{name}: unknown system(s) {unknown}; choose from {', '.join(SYSTEMS)}")
+        self.drift_systems, self.judge_systems = tuple(self.drift_systems), tuple(self.judge_systems)
+        self.pairwise_against = tuple(self.pairwise_against)
+
+    @classmethod
+    def smoke(cls, **overrides) -> "EvalConfig":
+        """The tiny model in seconds: 4 prompts, 1 dialogue, 3 questions, 8-token replies, and a
+        judge budget of 2 calls (the two systems of the headline comparison, one prompt)."""
+        return cls(**{"max_prompts": 4, "max_new_tokens": 8, "dialogues": 1, "knowledge_questions": 3,
+                      "knowledge_max_new_tokens": 8, "judge_prompts": 1,
+                      "judge_systems": ("base_prompted", "tuned"), "pairwise_against": (), "judge_drift": False,
+                      "n_bootstrap": 200, "reference_draws": 20, "progress": False, **overrides})
+
+    @classmethod
+    def local_judge(cls, **overrides) -> "EvalConfig":
+        """For a judge on this CPU (the llama.cpp server, 10-40 s a request): 6 prompts, the
+        headline pair only: 12 rubric and 12 pairwise requests, about 4 minutes."""
+        return cls(**{"judge_prompts": 6, "judge_systems": ("base_prompted", "tuned"),
+                      "pairwise_against": ("base_prompted",), "judge_drift": False, **overrides})
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def spread(records: Sequence[dict], n: int | None, seed: int, key: str = "kind") -> list[dict]:
+    """Up to `n` records taken round-robin over `key` groups (each group shuffled with the
+    seed), so a small subset still holds every kind; returned in their original order."""
+    if n is None or n >= len(records):
+        return list(records)
+    groups: dict[str, list[int]] = {}
+    for k, r in enumerate(records):
+        groups.setdefault(str(r.get(key, "")), []).append(k)
+    queues = []
+    for name in sorted(groups):
+        members = groups[name][:]
+        random.Random(f"{seed}/{name}").shuffle(members)
+        queues.append(members)
+    chosen: list[int] = []
+    while len(chosen) < n:
+        for q in queues:
+            if q and len(chosen) < n:
+                chosen.append(q.pop(0))
+    return [records[k] for k in sorted(chosen)]
+
+
+def eval_sets(spec: PersonaSpec, config: EvalConfig) -> dict:
+    """Held-out prompts, dialogues and knowledge questions for `spec`, with notes on fallbacks."""
+    from persona_lib.dataset import load_dialogues, load_heldout, load_knowledge
+
+    notes = []
+    if (paths.eval_dir() / f"{spec.slug}_heldout.jsonl").is_file():
+        prompts = load_heldout(spec.slug)
+    else:
+        notes.append(f"no shipped held-out prompts for {spec.slug}: the spec's example questions stand in")
+        prompts = [{"id": f"example-{k}", "kind": "ordinary", "messages": [{"role": "user", "content": ex["user"]}]}
+                   for k, ex in enumerate(spec.examples, start=1)]
+    if (paths.eval_dir() / f"{spec.slug}_dialogues.jsonl").is_file():
+        dialogues = load_dialogues(spec.slug)
+    else:
+        notes.append(f"no shipped dialogues for {spec.slug}: no drift test")
+        dialogues = []
+    short = [d["id"] for d in dialogues if len(d["user_turns"]) < config.drift_turns]
+    if short:
+        notes.append(f"dialogues with fewer than {config.drift_turns} turns left out of the drift test: {short}")
+    dialogues = [d for d in dialogues if len(d["user_turns"]) >= config.drift_turns]
+    knowledge = load_knowledge()
+    return {
+        "prompts": spread(prompts, config.max_prompts, config.seed),
+        "dialogues": dialogues[: config.dialogues] if config.dialogues else dialogues,
+        "knowledge": spread(knowledge, config.knowledge_questions, config.seed, key="_"),
+        "notes": notes,
+    }
+
+
+def load_tuned(base_id: str, adapter_dir: str | os.PathLike):
+    """(PeftModel, tokenizer): the base model with the adapter on top, in eval mode.
+
+    The tokenizer saved beside the adapter wins (training set its EOS and pad tokens);
+    `with model.disable_adapter():` gives the base model back without a second copy.
+    """
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"{adapter_dir} holds no adapter_config.json: point adapter_dir at the folder a training run saved "
+            "(runs/<slug>/adapter/), or train one first (notebook 04)")
+    from peft import PeftModel
+
+    from persona_lib.models import load_chat_model
+
+    model, tokenizer = load_chat_model(base_id)
+    if (adapter_dir / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.eval()
+    return model, tokenizer
+
+
+def adapter_base_model(adapter_dir: str | os.PathLike) -> str:
+    """The base model an adapter was trained on (`base_model_name_or_path` of its config)."""
+    config = Path(adapter_dir) / "adapter_config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{config} not found: is {adapter_dir} a PEFT adapter folder?")
+    return io.read_json(config)["base_model_name_or_path"]
+
+
+def placeholder_adapter(base_id: str, out_dir: str | os.PathLike, *, r: int = 4, seed: int = 0) -> Path:
+    """An untrained LoRA adapter with random weights (tokenizer beside it), in a second.
+
+    It lets the evaluation run end to end when no training run has left an adapter; its
+    scores measure noise, not a persona. Train a real one with `persona_lib.train`.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from persona_lib.models import load_model
+
+    model, tokenizer = load_model(base_id)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=r, lora_alpha=r, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                        init_lora_weights=False, task_type="CAUSAL_LM")  # False: random B, so it changes outputs
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))  # a killed run leaves no half adapter
+    get_peft_model(model, config).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def adapter_fingerprint(adapter_dir: str | os.PathLike) -> str:
+    """A hash of the adapter's files: cached answers are reused only for the same weights."""
+    h = hashlib.sha256()
+    for p in sorted(Path(adapter_dir).glob("adapter_*")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+class Generator:
+    """Batched greedy answers of one system, cached on disk by everything that decides them."""
+
+    def __init__(self, model, tokenizer, spec: PersonaSpec, cache_dir: Path, fingerprint: str, config: EvalConfig):
+        self.model, self.tokenizer, self.spec = model, tokenizer, spec
+        self.cache_dir, self.fingerprint, self.config = cache_dir, fingerprint, config
+        self.prompt = system_prompt(spec)
+        self.seconds = 0.0
+        self.generated = 0
+
+    def replies(self, system: str, conversations: Sequence[Sequence[dict]], max_new_tokens: int, desc: str) -> list[str]:
+        from persona_lib.chat import generate_replies
+
+        sp = self.prompt if system.endswith("_prompted") else None
+        key = _digest(self.fingerprint, system, sp, [list(c) for c in conversations], max_new_tokens)
+        path = self.cache_dir / f"{desc.split(':')[0]}-{system}-{key[:16]}.json"
+        if path.is_file():
+            return io.read_json(path)["replies"]
+        start = time.perf_counter()
+        kw = dict(system_prompt=sp, max_new_tokens=max_new_tokens, batch_size=self.config.batch_size,
+                  progress=self.config.progress, desc=f"{desc} [{LABELS[system]}]")
+        if system.startswith("base"):
+            with self.model.disable_adapter():
+                out = generate_replies(self.model, self.tokenizer, conversations, **kw)
+        else:
+            out = generate_replies(self.model, self.tokenizer, conversations, **kw)
+        self.seconds += time.perf_counter() - start
+        self.generated += len(out)
+        io.write_json(path, {"system": system, "max_new_tokens": max_new_tokens, "replies": out})
+        return out
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _drift(gen: Generator, dialogues: list[dict], config: EvalConfig) -> dict[str, list[list[str]]]:
+    """Each drift system's replies, turn by turn: {system: [[reply at turn t] per dialogue]}."""
+    out = {}
+    for system in config.drift_systems:
+        convs: list[list[dict]] = [[] for _ in dialogues]
+        per_dialogue: list[list[str]] = [[] for _ in dialogues]
+        for t in range(config.drift_turns):
+            for c, d in zip(convs, dialogues):
+                c.append({"role": "user", "content": d["user_turns"][t]})
+            replies = gen.replies(system, convs, config.max_new_tokens, f"drift:turn {t + 1}")
+            for c, r, p in zip(convs, replies, per_dialogue):
+                c.append({"role": "assistant", "content": r})
+                p.append(r)
+        out[system] = per_dialogue
+    return out
+
+
+def _drift_measures(spec: PersonaSpec, replies: dict[str, list[list[str]]], classifier, config: EvalConfig) -> dict:
+    ci = dict(n_boot=config.n_bootstrap, seed=config.seed)
+    out = {}
+    for system, per_dialogue in replies.items():
+        turns = len(per_dialogue[0]) if per_dialogue else 0
+        prob = [classifier.probability([d[t] for d in per_dialogue], spec.slug) for t in range(turns)]
+        top = [classifier.labels[int(np.argmax(row))] for row in classifier.predict_proba([d[-1] for d in per_dialogue])]
+        per_turn = []
+        for t in range(turns):
+            texts = [d[t] for d in per_dialogue]
+            per_turn.append({
+                "turn": t + 1,
+                "persona_probability": metrics.bootstrap_ci(prob[t], **ci),
+                "signature_rate": metrics.bootstrap_ci(metrics.any_phrase(texts, spec.signature_vocabulary), **ci),
+                "generic_rate": metrics.bootstrap_ci(metrics.any_phrase(texts, metrics.GENERIC_PHRASES), **ci),
+            })
+        out[system] = {
+            "dialogues": len(per_dialogue), "turns": turns, "per_turn": per_turn,
+            "last_vs_first": metrics.paired_bootstrap(prob[0], prob[-1], **ci) if turns else None,
+            "survival_rate": sum(label == spec.slug for label in top) / len(top) if top else None,
+            "last_turn_top_persona": top,
+        }
+    return out
+
+
+def _judge_rubric(judge, spec, prompts, answers, systems, progress: bool) -> dict:
+    items = [(p["messages"], answers[s][k]) for s in systems for k, p in enumerate(prompts)]
+    verdicts = judge.score_many(spec, items, progress=progress, desc=f"judge {judge.name}: rubric")
+    n = len(prompts)
+    return {s: verdicts[i * n:(i + 1) * n] for i, s in enumerate(systems)}
+
+
+def _summarise_rubric(spec, verdicts: dict[str, list[dict]], config: EvalConfig) -> dict:
+    ci = dict(n_boot=config.n_bootstrap, seed=config.seed)
+    out = {}
+    for system, rows in verdicts.items():
+        ok = [r for r in rows if not r.get("error")]
+        out[system] = {
+            "n": len(ok), "failed": len(rows) - len(ok),
+            "overall": metrics.bootstrap_ci([r["overall"] for r in ok], **ci),
+            "traits": {t.name: metrics.bootstrap_ci([r["scores"][t.name] for r in ok], **ci) for t in spec.traits},
+        }
+    return out
+
+
+def _paired_overall(verdicts: dict[str, list[dict]], a: str, b: str, config: EvalConfig) -> dict | None:
+    if a not in verdicts or b not in verdicts:
+        return None
+    pairs = [(x["overall"], y["overall"]) for x, y in zip(verdicts[a], verdicts[b])
+             if not x.get("error") and not y.get("error")]
+    return metrics.paired_bootstrap([p[0] for p in pairs], [p[1] for p in pairs], n_boot=config.n_bootstrap,
+                                    seed=config.seed)
+
+
+def _strip_per_reply(measures: dict) -> dict:
+    return {k: v for k, v in measures.items() if k != "per_reply"}
+
+
+def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike,
+             config: EvalConfig | None = None, *, judge=None, second_judge=None,
+             classifier: metrics.PersonaClassifier | None = None) -> dict:
+    """Evaluate the adapter in `adapter_dir` on top of `base_id` for persona `spec`; write the
+    report into `out_dir` and return it (the same dict as report.json).
+
+    `spec`: a PersonaSpec, a shipped slug or a YAML path. `base_id`: a model id for
+    `models.load_chat_model`; None reads it from the adapter's config.
+
+    `judge` / `second_judge`: `judge.Judge` objects (None: deterministic measures only, and the
+    report says so). `classifier`: a trained `metrics.PersonaClassifier` (None: trained here on
+    the reserved slice of the shipped conversations, in about ten seconds).
+    """
+    started = time.perf_counter()
+    config = config or EvalConfig()
+    spec = load_spec(spec) if isinstance(spec, (str, os.PathLike)) else spec
+    base_id = base_id or adapter_base_model(adapter_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sets = eval_sets(spec, config)
+    prompts, dialogues, knowledge = sets["prompts"], sets["dialogues"], sets["knowledge"]
+    ci = dict(n_boot=config.n_bootstrap, seed=config.seed)
+
+    if classifier is None:
+        classifier = metrics.train_persona_classifier(seed=config.seed)
+    model, tokenizer = load_tuned(base_id, adapter_dir)
+    from persona_lib.models import resolve
+
+    fingerprint = _digest(resolve(base_id), adapter_fingerprint(adapter_dir))  # "tiny" and its path are one model
+    gen = Generator(model, tokenizer, spec, out / "cache", fingerprint, config)
+
+    # ---- generation: four systems on the held-out prompts, knowledge for base and tuned, drift
+    conversations = [p["messages"] for p in prompts]
+    answers = {s: gen.replies(s, conversations, config.max_new_tokens, "heldout") for s in SYSTEMS}
+    questions = [[{"role": "user", "content": q["question"]}] for q in knowledge]
+    knowledge_answers = {s: gen.replies(s, questions, config.knowledge_max_new_tokens, "knowledge")
+                         for s in ("base", "tuned")}
+    drift_replies = _drift(gen, dialogues, config) if dialogues else {}
+
+    # ---- deterministic measures
+    kinds = [p.get("kind", "ordinary") for p in prompts]
+    measures = {s: metrics.persona_measures(answers[s], spec, tokenizer=tokenizer, classifier=classifier, **ci)
+                for s in SYSTEMS}
+    by_kind = {s: _by_kind(measures[s]["per_reply"], kinds, ci) for s in SYSTEMS}
+    reference = reference_replies(spec.slug)
+    ref_div = metrics.reference_diversity(reference, len(prompts), draws=config.reference_draws, seed=config.seed)
+    prob = {s: measures[s]["per_reply"]["persona_probability"] for s in SYSTEMS}
+    paired = {
+        "tuned_vs_base_prompted": metrics.paired_bootstrap(prob["base_prompted"], prob["tuned"], **ci),
+        "tuned_vs_base": metrics.paired_bootstrap(prob["base"], prob["tuned"], **ci),
+        "tuned_prompted_vs_base_prompted": metrics.paired_bootstrap(prob["base_prompted"], prob["tuned_prompted"], **ci),
+    }
+    base_recall = metrics.knowledge_recall(knowledge, knowledge_answers["base"])
+    tuned_recall = metrics.knowledge_recall(knowledge, knowledge_answers["tuned"])
+    recall_diff = metrics.recall_difference(base_recall, tuned_recall, **ci)
+    drift = _drift_measures(spec, drift_replies, classifier, config) if drift_replies else {}
+
+    # ---- the judge, then the targets
+    judge_report = run_judge(judge, second_judge, spec, prompts, answers, dialogues, drift_replies, drift, out, config)
+    targets = decide_targets(measures["tuned"], ref_div, paired, judge_report, base_recall, tuned_recall, recall_diff)
+
+    report = {
+        "persona": spec.slug, "name": spec.name, "base_model": base_id, "adapter": str(adapter_dir),
+        "config": asdict(config), "notes": sets["notes"],
+        "prompts": {"n": len(prompts), "ids": [p["id"] for p in prompts], "kinds": dict(Counter(kinds))},
+        "classifier": {"labels": classifier.labels, "heldout": classifier.heldout, "trained_on": classifier.trained_on},
+        "systems": {s: _strip_per_reply(measures[s]) for s in SYSTEMS},
+        "per_reply": {s: measures[s]["per_reply"] for s in SYSTEMS},
+        "by_kind": by_kind,
+        "reference_diversity": ref_div,
+        "paired": paired,
+        "knowledge": {"base": base_recall, "tuned": tuned_recall, "difference_pp": recall_diff,
+                      "questions": len(knowledge)},
+        "drift": drift,
+        "judge": judge_report,
+        "targets": targets,
+        "timing": {"generation_seconds": gen.seconds, "replies_generated": gen.generated,
+                   "total_seconds": time.perf_counter() - started},
+    }
+    report = json.loads(json.dumps(report, default=_jsonable))
+    _write_outputs(out, spec, report, prompts, answers, knowledge, knowledge_answers, dialogues, drift_replies)
+    report["timing"]["total_seconds"] = time.perf_counter() - started
+    io.write_json(out / "report.json", report)
+    return report
+
+
+def _by_kind(per_reply: dict, kinds: list[str], ci: dict) -> dict:
+    """Per held-out kind (ordinary, ooc, multiturn): the per-reply measures' means with intervals."""
+    keys = (("persona_probability", "persona_probability"), ("signature_rate", "signature"),
+            ("generic_rate", "generic"), ("avoided_rate", "avoided"))
+    return {kind: {name: metrics.bootstrap_ci([v for v, k in zip(per_reply[key], kinds) if k == kind], **ci)
+                   for name, key in keys}
+            for kind in KINDS if kind in kinds}
+
+
+def reference_replies(slug: str) -> list[str]:
+    """The assistant replies of the shipped conversations: the voice the diversity target compares with."""
+    from persona_lib.dataset import load_shipped
+
+    if not (paths.data_dir() / f"{slug}.jsonl").is_file():
+        return []
+    return [m["content"] for r in load_shipped(slug) for m in r["messages"] if m["role"] == "assistant"]
+
+
+def run_judge(judge, second_judge, spec: PersonaSpec, prompts: list[dict], answers: dict, dialogues: list[dict],
+              drift_replies: dict, drift: dict, out: Path, config: EvalConfig) -> dict:
+    """Rubric scores, order-swapped pairwise win rates, drift at the last turn and a second
+    judge's agreement, on `config.judge_prompts` prompts spread over kinds. Adds the judge's
+    last-turn score to `drift` in place; returns the report's "judge" section."""
+    if judge is None or not config.judge_prompts:
+        return {"used": False, "why": "no judge given: deterministic measures only" if judge is None
+                else "judge_prompts=0: deterministic measures only"}
+    ci = dict(n_boot=config.n_bootstrap, seed=config.seed)
+    judged = spread(prompts, config.judge_prompts, config.seed)
+    judge.use_cache(out / f"judgments-{_digest(judge.name)[:8]}.jsonl")
+    index = {p["id"]: k for k, p in enumerate(prompts)}
+    judged_answers = {s: [answers[s][index[p["id"]]] for p in judged] for s in SYSTEMS}
+    verdicts = _judge_rubric(judge, spec, judged, judged_answers, config.judge_systems, config.progress)
+    report = {"used": True, "judge": judge.name, "prompts": [p["id"] for p in judged],
+              "rubric": _summarise_rubric(spec, verdicts, config),
+              "paired_overall": {"tuned_vs_base_prompted": _paired_overall(verdicts, "base_prompted", "tuned", config),
+                                 "tuned_vs_base": _paired_overall(verdicts, "base", "tuned", config)},
+              "verdicts": {s: [{"id": p["id"], **v} for p, v in zip(judged, rows)] for s, rows in verdicts.items()},
+              "pairwise": {}}
+    from persona_lib.judge import win_rate
+
+    for other in config.pairwise_against:
+        items = [(p["messages"], x, y) for p, x, y in zip(judged, judged_answers["tuned"], judged_answers[other])]
+        results = judge.compare_many(spec, items, progress=config.progress, desc=f"judge: tuned vs {other}")
+        valid = [r for r in results if r["consistent"] is not None]
+        first_a = sum((r["first"]["winner"] == "A") + (r["second"]["winner"] == "A") for r in valid)
+        report["pairwise"][f"tuned_vs_{other}"] = {
+            **win_rate([r["outcome"] for r in results], **ci),
+            "order_consistency": sum(r["consistent"] for r in valid) / len(valid) if valid else None,
+            "first_shown_preferred": first_a / (2 * len(valid)) if valid else None,  # 0.5 = no position bias
+            "verdicts": [{"id": p["id"], **r} for p, r in zip(judged, results)],
+        }
+    if config.judge_drift and drift_replies:
+        for s, replies in drift_replies.items():
+            items = [(conv, rep[-1]) for conv, rep in zip(_dialogue_contexts(dialogues, replies), replies)]
+            rows = judge.score_many(spec, items, progress=config.progress, desc=f"judge: drift [{s}]")
+            drift[s]["judge_last_turn"] = metrics.bootstrap_ci([r["overall"] for r in rows if not r.get("error")], **ci)
+    report["usage"] = [judge.usage()]
+    if second_judge is not None:
+        second_judge.use_cache(out / f"judgments-{_digest(second_judge.name)[:8]}.jsonl")
+        second = _judge_rubric(second_judge, spec, judged, judged_answers, config.judge_systems, config.progress)
+        report["second_judge"] = {"judge": second_judge.name, "rubric": _summarise_rubric(spec, second, config),
+                                  "agreement": _agreement(spec, verdicts, second)}
+        report["usage"].append(second_judge.usage())
+    return report
+
+
+# The judge decides the persona target only when its verdicts can carry it: enough paired
+# prompts for an interval to mean something, and scores that vary at all (a weak local judge
+# can give every reply the same scores, which would "prove" any two systems equal).
+MIN_JUDGED_PAIRS = 5
+
+
+def judge_informative(judge_report: dict) -> tuple[bool, str]:
+    """Whether the judge's paired overall scores can decide the persona target, and why not."""
+    if not judge_report["used"]:
+        return False, judge_report["why"]
+    diff = judge_report["paired_overall"]["tuned_vs_base_prompted"]
+    if diff is None or diff["n"] < MIN_JUDGED_PAIRS:
+        return False, f"the judge scored {0 if diff is None else diff['n']} prompt pairs, fewer than {MIN_JUDGED_PAIRS}"
+    overall = {v["overall"] for rows in judge_report["verdicts"].values() for v in rows if not v.get("error")}
+    if len(overall) < 2:
+        return False, "the judge gave every reply the same scores"
+    return True, "ok"
+
+
+def decide_targets(tuned: dict, reference_diversity: dict, paired: dict, judge_report: dict, base_recall: dict,
+                   tuned_recall: dict, recall_diff: dict) -> dict:
+    """The issue's three targets, each decided on an interval (or, for diversity, a ratio at
+    equal size). Persona consistency is decided by the judge's overall score when the judge
+    is informative (`judge_informative`), else by the persona classifier's probability; both
+    are reported."""
+    use_judge, why = judge_informative(judge_report)
+    by_classifier = paired["tuned_vs_base_prompted"]
+    by_judge = judge_report.get("paired_overall", {}).get("tuned_vs_base_prompted")
+    measure, diff = (("judge overall score (1-5)", by_judge) if use_judge
+                     else ("persona-classifier probability", by_classifier))
+    ref_d2 = reference_diversity.get("distinct_2", {}).get("mean")
+    ratio = tuned["diversity"]["distinct_2"] / ref_d2 if ref_d2 else None
+    return {
+        "persona_consistency": {
+            "question": "tuned (no system prompt) at least as persona-consistent as base + system prompt?",
+            "measure": measure, **diff, "met": diff["low"] is not None and diff["low"] >= 0,
+            "judge_decides": use_judge, "judge_not_used_because": None if use_judge else why,
+            "by_judge": by_judge, "by_classifier": by_classifier},
+        "knowledge": {
+            "question": "knowledge recall drops by at most 2 percentage points?",
+            "base_recall_percent": base_recall["recall_percent"], "tuned_recall_percent": tuned_recall["recall_percent"],
+            **recall_diff, "met": recall_diff["low"] is not None and recall_diff["low"] >= -2.0,
+            "met_on_point_estimate": recall_diff["diff"] is not None and recall_diff["diff"] >= -2.0},
+        "diversity": {
+            "question": "tuned output diversity (distinct-2) within 10% of the reference replies' at the same size?",
+            "tuned_distinct_2": tuned["diversity"]["distinct_2"],
+            "reference_distinct_2": reference_diversity.get("distinct_2"), "ratio": ratio,
+            "met": ratio is not None and abs(ratio - 1) <= 0.10},
+    }
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _dialogue_contexts(dialogues: list[dict], replies: list[list[str]]) -> list[list[dict]]:
+    """The conversation each dialogue's last reply answers (user and assistant turns before it)."""
+    out = []
+    for d, rep in zip(dialogues, replies):
+        conv = []
+        for t, r in enumerate(rep):
+            conv.append({"role": "user", "content": d["user_turns"][t]})
+            if t < len(rep) - 1:
+                conv.append({"role": "assistant", "content": r})
+        out.append(conv)
+    return out
+
+
+def _agreement(spec, first: dict, second: dict) -> dict:
+    from persona_lib.judge import agreement
+
+    a, b = [], []
+    for s in first:
+        for x, y in zip(first[s], second.get(s, [])):
+            ok = not x.get("error") and not y.get("error")
+            for t in spec.traits:
+                a.append(x["scores"][t.name] if ok else None)
+                b.append(y["scores"][t.name] if ok else None)
+    return agreement(a, b)
+
+
+# --------------------------------------------------------------------------- judge choice and the pipeline stage
+
+
+@dataclass
+class JudgeChoice:
+    judge: object  # a judge.Judge, or None for deterministic measures only
+    config: EvalConfig  # sized for that judge's speed and cost
+    description: str  # one sentence for the learner: which judge, and why
+
+
+@contextlib.contextmanager
+def choose_judge(kind: str = "auto", *, smoke: bool = False, openai_model: str = "gpt-4o-mini",
+                 **overrides) -> Iterator[JudgeChoice]:
+    """The judge and an EvalConfig that fits it; a local server is stopped when the block ends.
+
+    kind "auto": OpenAI when a key is available (environment or Colab Secrets), else the local
+    llama.cpp server with the embedded SmolLM2-135M, except in smoke mode, where a local request
+    (10-40 s on 2 CPU cores) does not fit the budget and the report is deterministic-only.
+    "openai", "local" and "none" force a choice. `overrides` go to the EvalConfig.
+    """
+    from persona_lib import llm
+    from persona_lib.judge import Judge, JudgeConfig
+
+    if kind not in ("auto", "openai", "local", "none"):
+        raise ValueError(f"judge kind must be auto, openai, local or none, not {kind!r}")
+    if kind == "auto":
+        kind = "openai" if llm.openai_api_key() is not None else ("none" if smoke else "local")
+    if kind == "openai":
+        judge = Judge.from_endpoint(llm.Endpoint.openai(openai_model), JudgeConfig.smoke() if smoke else JudgeConfig())
+        config = EvalConfig.smoke(**overrides) if smoke else EvalConfig(**overrides)
+        yield JudgeChoice(judge, config, f"Judge: OpenAI {openai_model} (the key is never printed).")
+    elif kind == "local":
+        with llm.local_server() as endpoint:
+            judge = Judge.from_endpoint(endpoint, JudgeConfig.local(**({"max_calls": 2} if smoke else {})))
+            config = EvalConfig.smoke(**overrides) if smoke else EvalConfig.local_judge(**overrides)
+            yield JudgeChoice(judge, config, "Judge: the local llama.cpp server with the embedded SmolLM2-135M "
+                                             "(offline and free, but a weak judge: read its scores beside the "
+                                             "deterministic measures).")
+    else:
+        config = EvalConfig.smoke(**overrides) if smoke else EvalConfig(**overrides)
+        why = ("no OpenAI key, and a local judge request (10-40 s on 2 CPU cores) does not fit the smoke budget"
+               if smoke else "no judge requested")
+        yield JudgeChoice(None, config, f"Judge: none ({why}): deterministic measures only.")
+
+
+def stage(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os.PathLike, out_dir: str | os.PathLike,
+          *, smoke: bool = False, judge: str = "auto") -> dict:
+    """The evaluation stage of `persona run`: choose the judge, evaluate, and return a short
+    summary for the stage's done.json (the full report is `out_dir/report.json`)."""
+    with choose_judge(judge, smoke=smoke) as choice:
+        print(choice.description)
+        report = evaluate(spec, base_id, adapter_dir, out_dir, choice.config, judge=choice.judge)
+    return {"judge": choice.description, "report": str(Path(out_dir) / "report.json"),
+            "summary": str(Path(out_dir) / "summary.md"),
+            "targets_met": {name: t["met"] for name, t in report["targets"].items()},
+            "persona_consistency": {k: report["targets"]["persona_consistency"][k] for k in ("measure", "diff", "low", "high")},
+            "knowledge_pp": report["knowledge"]["difference_pp"]["diff"], "seconds": report["timing"]["total_seconds"]}
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _write_outputs(out: Path, spec, report, prompts, answers, knowledge, knowledge_answers, dialogues, drift_replies):
+    rows = [{"id": p["id"], "kind": p.get("kind", "ordinary"), "prompt": p["messages"][-1]["content"],
+             **{s: answers[s][k] for s in SYSTEMS}} for k, p in enumerate(prompts)]
+    io.write_jsonl(out / "answers.jsonl", rows)
+    io.write_jsonl(out / "knowledge_answers.jsonl",
+                   [{"id": q["id"], "question": q["question"], "base": knowledge_answers["base"][k],
+                     "tuned": knowledge_answers["tuned"][k]} for k, q in enumerate(knowledge)])
+    io.write_jsonl(out / "dialogues.jsonl",
+                   [{"id": d["id"], "user_turns": d["user_turns"][: len(next(iter(drift_replies.values()))[k])],
+                     **{s: drift_replies[s][k] for s in drift_replies}} for k, d in enumerate(dialogues)]
+                   if drift_replies else [])
+    report["figures"] = write_figures(out / "figures", spec, report)
+    io.atomic_write_text(out / "summary.md", summary_markdown(report))
+
+
+def write_figures(folder: Path, spec: PersonaSpec, report: dict) -> dict[str, str]:
+    """The report's figures as PNG files; returns {name: path relative to the eval folder}."""
+    from persona_lib import plots
+
+    systems = report["systems"]
+    figs = {}
+    measures = {LABELS[s]: {"signature rate": systems[s]["signature_rate"], "generic rate": systems[s]["generic_rate"],
+                            "avoided rate": systems[s]["avoided_rate"],
+                            f"P({spec.slug})": systems[s]["persona_probability"]} for s in SYSTEMS}
+    plots.interval_bars(measures, ylabel="share of replies / probability", ylim=(0, 1),
+                        title=f"{spec.name}: deterministic persona measures (95% CI)",
+                        path=folder / "persona_measures.png")
+    figs["persona_measures"] = "figures/persona_measures.png"
+    judge = report["judge"]
+    if judge["used"] and judge["rubric"]:
+        scores = {LABELS[s]: {**{t: v for t, v in r["traits"].items()}, "overall": r["overall"]}
+                  for s, r in judge["rubric"].items()}
+        plots.interval_bars(scores, ylabel="judge score (1-5)", ylim=(0, 5),
+                            title=f"{spec.name}: judge scores per trait (95% CI)", path=folder / "trait_scores.png")
+        figs["trait_scores"] = "figures/trait_scores.png"
+    if judge.get("pairwise"):
+        plots.win_rate_bars({k.replace("_vs_", " vs ").replace("_", " "): v for k, v in judge["pairwise"].items()},
+                            path=folder / "win_rates.png")
+        figs["win_rates"] = "figures/win_rates.png"
+    lengths = {LABELS[s]: report["per_reply"][s]["words"] for s in SYSTEMS}
+    plots.length_boxplot(lengths, unit="words", path=folder / "lengths.png")
+    figs["lengths"] = "figures/lengths.png"
+    plots.persona_probability_heatmap({LABELS[s]: systems[s]["persona_distribution"] for s in SYSTEMS},
+                                      path=folder / "persona_probabilities.png")
+    figs["persona_probabilities"] = "figures/persona_probabilities.png"
+    if report["drift"]:
+        plots.drift_lines({LABELS[s]: [t["persona_probability"] for t in d["per_turn"]]
+                           for s, d in report["drift"].items()},
+                          ylabel=f"P({spec.slug}) per reply", path=folder / "drift.png")
+        figs["drift"] = "figures/drift.png"
+    k = report["knowledge"]
+    plots.interval_bars({"base": {"recall %": _recall_ci(k["base"], report)},
+                         "tuned": {"recall %": _recall_ci(k["tuned"], report)}},
+                        ylabel="key facts recalled (%)", ylim=(0, 100), title="Knowledge retention (95% CI)",
+                        path=folder / "knowledge.png")
+    figs["knowledge"] = "figures/knowledge.png"
+    return figs
+
+
+def _recall_ci(recall: dict, report: dict) -> dict:
+    rows = recall["per_question"]
+    return metrics.bootstrap_ci([100.0 * r["recalled"] / r["facts"] for r in rows], weights=[r["facts"] for r in rows],
+                                n_boot=report["config"]["n_bootstrap"], seed=report["config"]["seed"])
+
+
+def _fmt(ci: dict | None, digits: int = 2) -> str:
+    if not ci or ci.get("mean", ci.get("diff")) is None:
+        return "n/a"
+    value = ci["mean"] if "mean" in ci else ci["diff"]
+    return f"{value:.{digits}f} [{ci['low']:.{digits}f}, {ci['high']:.{digits}f}]"
+
+
+def summary_markdown(report: dict) -> str:
+    """The report as Markdown: targets first, then the tables a reader scans, then figures."""
+    t = report["targets"]
+    lines = [f"# {report['name']}: evaluation of the tuned model", "",
+             f"Base model `{report['base_model']}`, adapter `{report['adapter']}`, "
+             f"{report['prompts']['n']} held-out prompts {report['prompts']['kinds']}. "
+             "Intervals are 95% bootstrap intervals over prompts.", ""]
+    lines += [f"- note: {n}" for n in report["notes"]]
+    judge = report["judge"]
+    lines += ["", "**Judge:** " + (f"{judge['judge']} on {len(judge['prompts'])} prompts." if judge["used"]
+                                    else judge["why"] + ".")]
+    lines += ["", "## Targets", "", "| target | measure | value | met |", "|---|---|---|---|"]
+    pc = t["persona_consistency"]
+    lines.append(f"| tuned (no prompt) - base + prompt >= 0 | {pc['measure']} | {_fmt(pc)} | {'yes' if pc['met'] else 'no'} |")
+    if pc["by_judge"] and not pc["judge_decides"]:
+        lines.append(f"| (judge, not deciding: {pc['judge_not_used_because']}) | judge overall score (1-5) "
+                     f"| {_fmt(pc['by_judge'])} | |")
+    kn = t["knowledge"]
+    lines.append(f"| knowledge drop <= 2 pp | recall, tuned - base (pp); base {kn['base_recall_percent']:.1f}%, "
+                 f"tuned {kn['tuned_recall_percent']:.1f}% | {_fmt(kn, 1)} | {'yes' if kn['met'] else 'no'} |")
+    dv = t["diversity"]
+    ratio = f"{dv['ratio']:.2f}" if dv["ratio"] is not None else "n/a"
+    lines.append(f"| diversity within 10% of reference | distinct-2 ratio tuned / reference | {ratio} | "
+                 f"{'yes' if dv['met'] else 'no'} |")
+    lines += ["", "## Deterministic measures per system", "",
+              "| system | signature rate | avoided rate | generic rate | P(persona) | words (mean) | distinct-2 | self-BLEU | top opening share |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for s, m in report["systems"].items():
+        d = m["diversity"]
+        lines.append(f"| {LABELS[s]} | {_fmt(m['signature_rate'])} | {_fmt(m['avoided_rate'])} | {_fmt(m['generic_rate'])} "
+                     f"| {_fmt(m.get('persona_probability'))} | {m['length_words'].get('mean', 0):.0f} "
+                     f"| {d['distinct_2']:.3f} | {_fmt(d['self_bleu'])} | {d['openings']['top_share']:.2f} |")
+    ref = report["reference_diversity"]
+    if ref.get("draws"):
+        lines.append(f"| {LABELS['reference']} ({ref['size']} replies) | | | | | | {_fmt(ref['distinct_2'], 3)} "
+                     f"| {_fmt(ref['self_bleu'])} | |")
+    c = report["classifier"]["heldout"]
+    lines += ["", f"Persona classifier ({', '.join(report['classifier']['labels'])}): held-out accuracy "
+                  f"{_fmt(c.get('accuracy'))} ({c['method']}), balanced accuracy "
+                  f"{c.get('balanced_accuracy', float('nan')):.2f}."]
+    lines += ["", "## Paired differences (P(persona), per prompt)", "", "| comparison | difference | P(no gain) |", "|---|---|---|"]
+    for name, p in report["paired"].items():
+        lines.append(f"| {name.replace('_', ' ')} | {_fmt(p)} | {p['p_le_0']:.3f} |" if p["n"] else f"| {name} | n/a | |")
+    if judge["used"]:
+        lines += ["", "## Judge", "", "| system | overall | " + " | ".join(next(iter(judge["rubric"].values()))["traits"]) + " |",
+                  "|---|---|" + "---|" * len(next(iter(judge["rubric"].values()))["traits"])]
+        for s, r in judge["rubric"].items():
+            lines.append(f"| {LABELS[s]} | {_fmt(r['overall'])} | " + " | ".join(_fmt(v) for v in r["traits"].values()) + " |")
+        for name, w in judge.get("pairwise", {}).items():
+            lines.append(f"\nWin rate {name.replace('_', ' ')}: {_fmt(w)} ({w['wins']} wins, {w['ties']} ties, "
+                         f"{w['losses']} losses; the two orders agreed on {w['order_consistency'] or 0:.0%}).")
+        if "second_judge" in judge:
+            a = judge["second_judge"]["agreement"]
+            lines.append(f"\nSecond judge {judge['second_judge']['judge']}: exact agreement {a['exact']}, "
+                         f"Cohen's kappa {a['kappa']}, quadratic kappa {a['kappa_quadratic']} over {a['n']} trait scores.")
+        for u in judge["usage"]:
+            cost = f"${u['cost_usd']:.4f}" if u["cost_usd"] is not None else "unknown cost"
+            lines.append(f"\nJudge usage {u['judge']}: {u['requests']} requests ({u['cached']} cached), "
+                         f"{u['prompt_tokens']} + {u['completion_tokens']} tokens, {cost}.")
+    if report["drift"]:
+        lines += ["", "## Drift over the scripted dialogues", "", "| system | P(persona) turn 1 | last turn | last - first | persona on top at last turn |",
+                  "|---|---|---|---|---|"]
+        for s, d in report["drift"].items():
+            lines.append(f"| {LABELS[s]} | {_fmt(d['per_turn'][0]['persona_probability'])} | "
+                         f"{_fmt(d['per_turn'][-1]['persona_probability'])} | {_fmt(d['last_vs_first'])} | "
+                         f"{d['survival_rate']:.0%} of {d['dialogues']} |")
+    lines += ["", "## Figures", ""] + [f"![{name}]({path})" for name, path in report.get("figures", {}).items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,150 @@
+"""The evaluation stage end to end on the tiny model, with adapters made here with PEFT and
+scripted judge servers on loopback."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from judge_servers import ObeysOutsideFence, PrefersFirst
+from persona_lib import evaluate as ev
+from persona_lib.judge import Judge, JudgeConfig
+from persona_lib.metrics import train_persona_classifier
+
+
+def make_adapter(path: Path, *, identity: bool) -> Path:
+    """A LoRA adapter on the tiny model; identity=True leaves B at zero (tuned == base)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from persona_lib.models import load_model
+
+    model, tokenizer = load_model("tiny")
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
+                        init_lora_weights=identity, task_type="CAUSAL_LM")
+    get_peft_model(model, config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    """A quick classifier on synthetic voices (the shipped one takes ~10 s and is tested in test_metrics)."""
+    def records(persona, words):
+        return [{"id": f"{persona}-{k}", "persona": persona, "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": " ".join(words[(k + i) % len(words)] for i in range(8))}]}
+            for k in range(12)]
+    return train_persona_classifier(records("taskmaster", "plan next step focus block momentum win list".split())
+                                    + records("captain_codebeard", "arr matey ship crew code plank sail ye".split()),
+                                    folds=3)
+
+
+def test_spread_keeps_every_kind_and_the_original_order():
+    records = [{"id": k, "kind": kind} for k, kind in enumerate(["ordinary"] * 10 + ["ooc"] * 3 + ["multiturn"] * 2)]
+    picked = ev.spread(records, 4, seed=0)
+    assert {r["kind"] for r in picked} == {"ordinary", "ooc", "multiturn"} and len(picked) == 4
+    assert [r["id"] for r in picked] == sorted(r["id"] for r in picked)
+    assert picked == ev.spread(records, 4, seed=0) and ev.spread(records, None, seed=0) == records
+
+
+def test_config_is_validated_and_presets_fit_their_budgets():
+    with pytest.raises(ValueError, match="judge_systems"):
+        ev.EvalConfig(judge_systems=("tuned", "finetuned"))
+    with pytest.raises(ValueError, match="max_prompts"):
+        ev.EvalConfig(max_prompts=0)
+    smoke = ev.EvalConfig.smoke()
+    assert smoke.judge_prompts * len(smoke.judge_systems) <= JudgeConfig.smoke().max_calls
+    assert smoke.pairwise_against == () and ev.EvalConfig.local_judge().pairwise_against == ("base_prompted",)
+
+
+def _judge_report(tuned_scores, base_scores):
+    rows = lambda scores: [{"id": k, "overall": x, "error": None} for k, x in enumerate(scores)]  # noqa: E731
+    from persona_lib.metrics import paired_bootstrap
+
+    return {"used": True, "verdicts": {"tuned": rows(tuned_scores), "base_prompted": rows(base_scores)},
+            "paired_overall": {"tuned_vs_base_prompted": paired_bootstrap(base_scores, tuned_scores, n_boot=200)}}
+
+
+def test_the_judge_decides_the_persona_target_only_when_informative():
+    assert ev.judge_informative(_judge_report([3, 4, 4, 5, 4], [2, 3, 3, 4, 3])) == (True, "ok")
+    constant = ev.judge_informative(_judge_report([2.3] * 6, [2.3] * 6))
+    assert constant == (False, "the judge gave every reply the same scores")
+    assert not ev.judge_informative(_judge_report([3, 4], [2, 3]))[0]
+    assert ev.judge_informative({"used": False, "why": "no judge given"}) == (False, "no judge given")
+
+
+def test_load_tuned_names_the_missing_adapter(tmp_path):
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        ev.load_tuned("tiny", tmp_path)
+
+
+def test_the_adapter_is_switched_off_for_base_answers_and_on_for_tuned(tmp_path, tiny, tiny_path):
+    from persona_lib.chat import generate_replies
+    from persona_lib.spec import load_spec
+
+    adapter = make_adapter(tmp_path / "adapter", identity=False)
+    assert ev.adapter_base_model(adapter) == tiny_path
+    model, tokenizer = ev.load_tuned("tiny", adapter)
+    conversations = [[{"role": "user", "content": "Plan my Monday."}], [{"role": "user", "content": "Add dentist."}]]
+    gen = ev.Generator(model, tokenizer, load_spec("taskmaster"), tmp_path / "cache", "fp",
+                       ev.EvalConfig.smoke(max_new_tokens=6))
+    base = gen.replies("base", conversations, 6, "heldout")
+    tuned = gen.replies("tuned", conversations, 6, "heldout")
+    plain = generate_replies(tiny[0], tiny[1], conversations, max_new_tokens=6, progress=False)
+    assert base == plain and tuned != base
+    assert gen.replies("tuned", conversations, 6, "heldout") == tuned and gen.generated == 4  # second call: cache
+
+
+def test_placeholder_adapter_is_a_loadable_peft_folder(tmp_path, tiny_path):
+    adapter = ev.placeholder_adapter("tiny", tmp_path / "eval" / "placeholder_adapter")
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "tokenizer.json").is_file()
+    assert ev.adapter_base_model(adapter) == tiny_path
+    assert not list((tmp_path / "eval").glob(".placeholder_adapter.*"))  # no temp folder left behind
+
+
+@pytest.mark.slow
+def test_evaluate_writes_the_full_report_and_resumes(tmp_path, classifier):
+    """Identity adapter (tuned == base), a judge with no opinions and a second one that always
+    prefers the first reply: every comparison must come out even, and a rerun must not generate
+    or judge again."""
+    adapter = make_adapter(tmp_path / "adapter", identity=True)
+    out = tmp_path / "eval"
+    config = ev.EvalConfig.smoke(judge_prompts=2, judge_systems=("base_prompted", "tuned"),
+                                 pairwise_against=("base", "base_prompted"), judge_drift=True)
+    with ObeysOutsideFence(default_score=2) as one, PrefersFirst(default_score=2) as two:
+        judges = lambda: (Judge(JudgeConfig(model="one", concurrency=1), base_url=one.base_url, name="one"),  # noqa: E731
+                          Judge(JudgeConfig(model="two"), base_url=two.base_url, name="two"))
+        first, second = judges()
+        report = ev.evaluate("taskmaster", "tiny", adapter, out, config, judge=first, second_judge=second,
+                             classifier=classifier)
+        requests = (len(one.requests), len(two.requests))
+        again = ev.evaluate("taskmaster", None, adapter, out, config, judge=judges()[0], second_judge=judges()[1],
+                            classifier=classifier)
+        assert (len(one.requests), len(two.requests)) == requests  # everything came from the caches
+    # Identical questions (tuned == base here) are asked once and answered from the cache:
+    usage = report["judge"]["usage"]
+    assert [u["requests"] for u in usage] == list(requests)
+    assert usage[0]["requests"] + usage[0]["cached"] == 2 * 2 + 2 * 2 * 2 + 2  # rubric, pairwise x 2 orders, drift
+    assert usage[1]["requests"] + usage[1]["cached"] == 2 * 2 and usage[0]["cost_usd"] == 0.0
+    assert again["timing"]["replies_generated"] == 0 and report["timing"]["replies_generated"] > 0
+
+    rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["tuned"] == r["base"] and r["tuned_prompted"] == r["base_prompted"] for r in rows)
+    assert report["paired"]["tuned_vs_base"]["diff"] == 0 and report["knowledge"]["difference_pp"]["diff"] == 0
+    judge = report["judge"]
+    assert judge["used"] and judge["prompts"] == [v["id"] for v in judge["verdicts"]["tuned"]]
+    assert judge["rubric"]["tuned"]["overall"]["mean"] == 2.0 and set(judge["rubric"]) == {"base_prompted", "tuned"}
+    assert all(v["rationales"] for v in judge["verdicts"]["tuned"])
+    assert {k: v["mean"] for k, v in judge["pairwise"].items()} == {"tuned_vs_base": 0.5, "tuned_vs_base_prompted": 0.5}
+    assert judge["second_judge"]["agreement"]["exact"] == 1.0
+    assert report["drift"]["tuned"]["turns"] == 5 and "judge_last_turn" in report["drift"]["tuned"]
+    pc = report["targets"]["persona_consistency"]  # 2 judged prompts cannot decide it: the classifier does
+    assert pc["measure"] == "persona-classifier probability" and not pc["judge_decides"]
+    assert "fewer than 5" in pc["judge_not_used_because"] and pc["by_judge"]["diff"] == 0.0
+    assert again == json.loads((out / "report.json").read_text())  # the file holds the latest run
+    for name in ("persona_measures", "trait_scores", "win_rates", "lengths", "persona_probabilities", "drift", "knowledge"):
+        assert (out / report["figures"][name]).stat().st_size > 5000
+    summary = (out / "summary.md").read_text()
+    assert "## Targets" in summary and "Win rate tuned vs base" in summary and "Second judge two" in summary
