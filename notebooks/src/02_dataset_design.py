@@ -138,26 +138,37 @@ plots.duplicate_similarity_histogram(report.candidate_similarities, DEDUP_THRESH
 # %% [markdown]
 # ## Split, stratified by topic
 #
-# Every topic lands in train, and validation and test take about a tenth each, so that the
-# loss on validation (lesson 4) and the test scores (lesson 5) cover the same topics.
+# First, about 15% of the conversations are set aside for lesson 5's persona classifier,
+# which tells the three voices apart: an adapter must never train on the replies its grader
+# learned from. Which records are reserved depends only on their ids
+# (`metrics.split_reserved`), so every lesson sets aside the same ones.
+#
+# The rest is split so that every topic lands in train, and validation and test take about
+# a tenth each: the loss on validation (lesson 4) and the test scores cover the same topics.
 # The split is deterministic: the same seed gives the same files.
 
 # %%
+from persona_lib import metrics
+
 clean = [r for r in kept if not r["id"].startswith("planted-")]
-splits = dataset.split_records(clean, seed=SEED)
+trainable, reserved = metrics.split_reserved(clean)
+splits = dataset.split_records(trainable, seed=SEED)
+io.write_jsonl(data_dir / "classifier_reserved.jsonl", reserved)
+print(f"{'reserved':>10}: {len(reserved):4d} conversations, for the persona classifier only")
 for name, part in splits.items():
     io.write_jsonl(data_dir / f"{name}.jsonl", part)
     print(f"{name:>10}: {len(part):4d} conversations, {len({r['topic'] for r in part})} topics")
 dataset.to_openai_jsonl(splits["train"], data_dir / "train_openai.jsonl")
 summary = {k: v for k, v in stats.items() if k not in ("example_lengths", "assistant_lengths")}
 io.write_json(data_dir / "stats.json", {**summary, "dedup_dropped": [d.id for d in report.dropped],
+                                         "reserved": len(reserved),
                                          "splits": {k: len(v) for k, v in splits.items()}, "seed": SEED})
 
 # %% [markdown]
 # ## What you have now
 #
 # - `data/train.jsonl`, `data/validation.jsonl`, `data/test.jsonl`: TaskMaster, validated,
-#   deduplicated, split by topic. `data/train_openai.jsonl` is the same training set in
+#   deduplicated, split by topic; `data/classifier_reserved.jsonl`: the classifier's slice. `data/train_openai.jsonl` is the same training set in
 #   OpenAI's fine-tuning format.
 # - `data/stats.json` and the three figures.
 #

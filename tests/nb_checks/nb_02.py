@@ -14,16 +14,21 @@ def check(run: Path) -> None:
     data = run / "data"
     splits = {name: read(data / f"{name}.jsonl") for name in ("train", "validation", "test")}
     ids = {name: {r["id"] for r in part} for name, part in splits.items()}
+    from persona_lib.metrics import split_reserved
+
     shipped = load_shipped("taskmaster")
-    assert sum(len(v) for v in ids.values()) == len(shipped)  # the planted copies are gone
+    trainable, reserved = split_reserved(shipped)
+    assert sum(len(v) for v in ids.values()) == len(trainable)  # planted copies and reserved records are gone
+    assert {r["id"] for r in read(data / "classifier_reserved.jsonl")} == {r["id"] for r in reserved}
+    assert not set().union(*ids.values()) & {r["id"] for r in reserved}
     assert not (ids["train"] & ids["validation"]) and not (ids["train"] & ids["test"]) and not (ids["validation"] & ids["test"])
     assert {r["topic"] for r in splits["train"]} == {r["topic"] for r in shipped}
-    assert len(splits["train"]) >= 0.75 * len(shipped)
+    assert len(splits["train"]) >= 0.75 * len(trainable)
     stats = json.loads((data / "stats.json").read_text())
     assert stats["conversations"] == len(shipped)
     assert stats["length_unit"] == "tokens" and stats["example_length"]["max"] > 50
     assert stats["dedup_dropped"] == ["planted-0", "planted-1"]
-    assert stats["splits"] == {k: len(v) for k, v in splits.items()}
+    assert stats["splits"] == {k: len(v) for k, v in splits.items()} and stats["reserved"] == len(reserved)
     openai_rows = read(data / "train_openai.jsonl")
     assert len(openai_rows) == len(splits["train"]) and set(openai_rows[0]) == {"messages"}
     for name in ("token_lengths.png", "topic_coverage.png", "duplicates.png"):
