@@ -2,7 +2,8 @@
 
     persona run                      # TaskMaster on the embedded model, offline
     persona run --persona zen_coder  # another shipped persona, or a path to a spec YAML
-    persona run --smoke              # every stage on the tiny model, in seconds
+    persona run --smoke              # every stage on the tiny model, in about a minute
+    persona run --persona my.yaml --generate 120   # a new persona: generate data, then train
     persona spec check FILE.yaml     # validate a spec and list every problem
 """
 
@@ -16,20 +17,36 @@ from dataclasses import fields
 
 
 def _run(args: argparse.Namespace) -> int:
-    from persona_lib.pipeline import RunConfig, run
+    from persona_lib.pipeline import NotEnoughData, RunConfig, run
 
-    chosen = {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name) is not None}
-    config = RunConfig.smoke(**chosen) if args.smoke else RunConfig(**chosen)
+    chosen = {f.name: getattr(args, f.name) for f in fields(RunConfig)
+              if getattr(args, f.name, None) is not None and f.name != "smoke"}
+    config = RunConfig.smoke_preset(**chosen) if args.smoke else RunConfig(**chosen)
     start = time.perf_counter()
-    results = run(config)
-    print()
-    print(f"{'stage':<10} {'seconds':>8}  status   output")
+    try:
+        results = run(config)
+    except NotEnoughData as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 3
+    total = time.perf_counter() - start
+    print(f"\n{'stage':<10} {'seconds':>8}  {'status':<7}  summary")
     for r in results:
-        print(f"{r.name:<10} {r.seconds:>8.1f}  {'resumed' if r.skipped else 'ran':<7}  {r.folder}")
-    print(f"total {time.perf_counter() - start:.1f} s")
-    answers = results[-1].folder / "answers.md"
-    print(f"\nRead the base model's answers, without and with the persona prompt: {answers}")
+        print(f"{r.name:<10} {r.seconds:>8.1f}  {'resumed' if r.skipped else 'ran':<7}  {_short(r.summary)}")
+    print(f"total {total:.1f} s (this invocation)")
+    by_name = {r.name: r for r in results}
+    print(f"\nrun folder:     {by_name['spec'].folder.parent}")
+    print(f"before tuning:  {by_name['baseline'].folder / 'answers.md'}")
+    print(f"loss curve:     {by_name['adapter'].folder / 'loss_curve.png'}")
+    print(f"evaluation:     {by_name['eval'].folder / 'summary.md'} (figures in {by_name['eval'].folder / 'figures'})")
+    print(f"GGUF:           {by_name['chat'].summary['gguf']}")
     return 0
+
+
+def _short(summary: dict) -> str:
+    """One line of a stage's summary: its scalar values."""
+    items = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()
+             if isinstance(v, (int, float, str, bool)) and not str(v).startswith("/") and len(str(v)) < 40]
+    return ", ".join(items[:5])
 
 
 def _spec_check(args: argparse.Namespace) -> int:
@@ -52,10 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--persona", help="shipped slug (taskmaster, captain_codebeard, zen_coder) or a spec YAML path; default taskmaster")
     p.add_argument("--model", help="embedded (default), tiny, a Hub id or a local model folder")
     p.add_argument("--runs-root", dest="runs_root", help="where run folders go (default ./runs)")
-    p.add_argument("--n-prompts", dest="n_prompts", type=int, help="held-out prompts to answer (default 5)")
+    p.add_argument("--data", help="a JSONL of conversations for the persona, added to the shipped ones")
+    p.add_argument("--generate", type=int, help="generate N conversations first (OpenAI with OPENAI_API_KEY, else the local model)")
+    p.add_argument("--judge", choices=["none", "local", "openai", "auto"],
+                   help="evaluation judge (default none: deterministic measures and the persona classifier)")
+    p.add_argument("--n-prompts", dest="n_prompts", type=int, help="held-out prompts in the before picture (default 5)")
+    p.add_argument("--eval-prompts", dest="eval_prompts", type=int, help="held-out prompts in the evaluation (default 24)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="reply length cap in tokens (default 120)")
     p.add_argument("--force", action="store_true", default=None, help="redo finished stages instead of resuming")
-    p.add_argument("--smoke", action="store_true", help="tiny model, two prompts: checks the plumbing in seconds")
+    p.add_argument("--smoke", action="store_true", help="the tiny model, a few steps: checks every stage in about a minute")
     p.set_defaults(func=_run)
 
     s = sub.add_parser("spec", help="persona specifications")

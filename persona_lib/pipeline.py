@@ -1,8 +1,10 @@
-"""The main job as resumable stages over one run folder (`runs/<slug>/<stage>/`).
+"""The main job: the whole chapter as resumable stages over one run folder (`runs/<slug>/`).
 
-A stage writes its files, then `done.json` last (atomically). A rerun skips every stage
-whose `done.json` exists, so an interrupted run resumes at the stage it was in; `force`
-redoes them all. Later lessons add stages; the command that runs them stays `persona run`.
+    spec -> baseline -> [generate] -> data -> adapter -> eval -> export -> chat
+
+A stage writes its files, then `<stage>/done.json` last (atomically). A rerun skips every
+stage whose `done.json` exists, so an interrupted run resumes at the stage it was in (and
+training resumes from its last checkpoint inside that stage); `force` redoes them all.
 """
 
 from __future__ import annotations
@@ -13,26 +15,44 @@ from pathlib import Path
 
 from persona_lib import io, paths
 
+# The persona-tuner skill's floor: fewer conversations of a voice teach catchphrases, not a
+# personality (MISSION.md), so the run stops before training and says what to do.
+MIN_CONVERSATIONS = 100
+
+
+class NotEnoughData(RuntimeError):
+    """The persona has fewer than MIN_CONVERSATIONS usable conversations; the message says
+    how many it has and the commands that get more."""
+
 
 @dataclass
 class RunConfig:
     persona: str = "taskmaster"  # a shipped slug or a path to a spec YAML file
     model: str = "embedded"  # "embedded", "tiny", a Hub id or a local folder
     runs_root: str = "runs"  # run folders live in <runs_root>/<slug>/
+    data: str = ""  # extra JSONL of conversations for the persona (a new spec's data); "" = shipped only
+    generate: int = 0  # generate this many conversations through an endpoint before training (0: none)
+    judge: str = "none"  # evaluation judge: none (deterministic measures; fits the budget), local, openai, auto
     n_prompts: int = 5  # held-out prompts answered in the "before" picture: a glance, not a benchmark
     max_new_tokens: int = 120  # about 90 words: TaskMaster's replies are short by design
+    eval_prompts: int = 24  # held-out prompts in the evaluation, spread over kinds: fits the 4-minute budget
+    smoke: bool = False  # every stage on the tiny model, in seconds
     force: bool = False  # redo finished stages instead of resuming
 
     def __post_init__(self):
-        if self.n_prompts < 1:
-            raise ValueError(f"n_prompts must be at least 1, got {self.n_prompts}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        for name in ("n_prompts", "max_new_tokens", "eval_prompts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.generate < 0:
+            raise ValueError(f"generate must be 0 or more, got {self.generate}")
+        if self.judge not in ("none", "local", "openai", "auto"):
+            raise ValueError(f"judge must be none, local, openai or auto, not {self.judge!r}")
 
     @classmethod
-    def smoke(cls, **overrides) -> "RunConfig":
+    def smoke_preset(cls, **overrides) -> "RunConfig":
         """Every stage on the tiny random-init model, in seconds: for tests and CI."""
-        return cls(**{"model": "tiny", "n_prompts": 2, "max_new_tokens": 8, **overrides})
+        return cls(**{"model": "tiny", "n_prompts": 2, "max_new_tokens": 8, "eval_prompts": 4, "smoke": True,
+                      **overrides})
 
 
 @dataclass
@@ -51,7 +71,7 @@ def _stage(run: Path, name: str, force: bool, body) -> StageResult:
         record = io.read_json(done)
         print(f"[{name}] already done ({record['seconds']:.1f} s), skipping; --force redoes it")
         return StageResult(name, folder, record["seconds"], True, record["summary"])
-    print(f"[{name}] running")
+    print(f"\n[{name}] running")
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     summary = body(folder)
@@ -75,6 +95,32 @@ def heldout_prompts(spec, n: int) -> list[dict]:
     ]
 
 
+def persona_records(spec, config: RunConfig, run: Path) -> list[dict]:
+    """Every conversation of the persona: shipped, `config.data`, and generated in this run."""
+    from persona_lib.dataset import load_records
+
+    sources = [paths.data_dir() / f"{spec.slug}.jsonl", Path(config.data) if config.data else None,
+               run / "generate" / "generated.jsonl"]
+    records = []
+    for path in sources:
+        if path is not None and path.is_file() and path.stat().st_size > 0:
+            records += load_records(path, persona=spec.slug, personas=[spec.slug])
+    return records
+
+
+def not_enough_message(spec, config: RunConfig, have: int) -> str:
+    persona = config.persona
+    return (
+        f"{spec.name} has {have} usable conversation(s); persona tuning needs at least {MIN_CONVERSATIONS} "
+        f"(fewer teach catchphrases, not a personality), so the run stops before training.\n"
+        f"Next, either:\n"
+        f"  - write conversations (persona_data/README.md has the format) and run:\n"
+        f"      persona run --persona {persona} --data my_{spec.slug}.jsonl\n"
+        f"  - or generate them (OpenAI when OPENAI_API_KEY is set, else the local SmolLM2 endpoint):\n"
+        f"      persona run --persona {persona} --generate {MIN_CONVERSATIONS - have + 20}"
+    )
+
+
 def run(config: RunConfig) -> list[StageResult]:
     from persona_lib.spec import load_spec, save_spec, system_prompt
 
@@ -83,12 +129,16 @@ def run(config: RunConfig) -> list[StageResult]:
     io.write_json(run_folder / "run_config.json", asdict(config))
     results = []
 
+    def stage(name, body):
+        results.append(_stage(run_folder, name, config.force, body))
+        return results[-1]
+
     def spec_stage(folder: Path) -> dict:
         save_spec(spec, folder / "spec.yaml")
         io.atomic_write_text(folder / "system_prompt.txt", system_prompt(spec) + "\n")
         return {"persona": spec.name, "traits": [t.name for t in spec.traits]}
 
-    results.append(_stage(run_folder, "spec", config.force, spec_stage))
+    stage("spec", spec_stage)
 
     def baseline_stage(folder: Path) -> dict:
         from persona_lib.chat import generate_replies
@@ -110,7 +160,92 @@ def run(config: RunConfig) -> list[StageResult]:
         io.atomic_write_text(folder / "answers.md", answers_markdown(spec.name, config.model, rows))
         return {"model": config.model, "prompts": len(rows)}
 
-    results.append(_stage(run_folder, "baseline", config.force, baseline_stage))
+    stage("baseline", baseline_stage)
+
+    if config.generate:
+        def generate_stage(folder: Path) -> dict:
+            from persona_lib import generate, llm
+
+            gen_config = generate.GenerateConfig.smoke(n=config.generate) if config.smoke else generate.GenerateConfig(n=config.generate)
+            with llm.connect() as endpoint:
+                if endpoint.kind != "openai":
+                    print("WARNING: the local SmolLM2-135M endpoint writes weak conversations; read them before "
+                          "training on them, or set OPENAI_API_KEY for a capable model.")
+                result = generate.run(spec, endpoint, folder / "generated.jsonl", gen_config,
+                                      against=persona_records(spec, RunConfig(**{**asdict(config), "generate": 0}), run_folder))
+            return {"accepted": result.report["accepted_total"], "endpoint": result.report["endpoint"]["kind"]}
+
+        stage("generate", generate_stage)
+
+    def data_stage(folder: Path) -> dict:
+        from persona_lib.dataset import dataset_stats, dedup
+        from persona_lib.metrics import split_reserved
+        from persona_lib.train import split_for_validation
+
+        records = persona_records(spec, config, run_folder)
+        kept, report = dedup(records)
+        trainable, reserved = split_reserved(kept)
+        if len(trainable) < MIN_CONVERSATIONS:
+            raise NotEnoughData(not_enough_message(spec, config, len(trainable)))
+        train_records, validation = split_for_validation(trainable, 0.1, seed=3407)
+        io.write_jsonl(folder / "train.jsonl", train_records)
+        io.write_jsonl(folder / "validation.jsonl", validation)
+        stats = dataset_stats(kept, signature_vocabulary={spec.slug: spec.signature_vocabulary})
+        io.write_json(folder / "stats.json", {k: v for k, v in stats.items() if not k.endswith("_lengths")})
+        return {"conversations": len(records), "near_duplicates_dropped": len(report.dropped),
+                "reserved_for_classifier": len(reserved), "train": len(train_records), "validation": len(validation)}
+
+    data = stage("data", data_stage)
+
+    def adapter_stage(folder: Path) -> dict:
+        from persona_lib.train import TrainConfig, train
+
+        train_config = TrainConfig.smoke() if config.smoke else TrainConfig.cpu(model_id=config.model)
+        result = train(train_config, io.read_jsonl(data.folder / "train.jsonl"), folder,
+                       eval_records=io.read_jsonl(data.folder / "validation.jsonl"), resume=True)
+        return {"train_loss": result.train_loss, "eval_loss": result.eval_loss,
+                "tokens_per_second": round(result.tokens_per_second, 1), "loss_curve": str(folder / "loss_curve.png")}
+
+    adapter = stage("adapter", adapter_stage)
+
+    def eval_stage(folder: Path) -> dict:
+        from persona_lib import evaluate
+
+        with evaluate.choose_judge(config.judge, smoke=config.smoke, max_prompts=config.eval_prompts) as choice:
+            print(choice.description)
+            report = evaluate.evaluate(spec, None, adapter.folder, folder, choice.config, judge=choice.judge)
+        targets = report["targets"]
+        return {"judge": choice.description, "report": str(folder / "report.json"),
+                "summary": str(folder / "summary.md"),
+                "targets_met": {name: t["met"] for name, t in targets.items()},
+                "persona_consistency": {k: targets["persona_consistency"][k] for k in ("measure", "diff", "low", "high")},
+                "knowledge_pp": report["knowledge"]["difference_pp"]["diff"]}
+
+    stage("eval", eval_stage)
+
+    def export_stage(folder: Path) -> dict:
+        from persona_lib import export
+
+        export_config = (export.ExportConfig.smoke(lora=False) if config.smoke
+                         else export.ExportConfig(quants=("Q4_K_M",), lora=False))
+        return export.export(adapter.folder, folder, export_config, spec=spec)
+
+    exported = stage("export", export_stage)
+
+    def chat_stage(folder: Path) -> dict:
+        from persona_lib import export
+
+        gguf = exported.folder / f"{spec.slug}.Q4_K_M.gguf"
+        llm = export.load_gguf(gguf, n_ctx=1024)
+        rows = []
+        for prompt in heldout_prompts(spec, 2):
+            check = export.chat_check(llm, prompt["messages"], max_tokens=config.max_new_tokens)
+            rows.append({"id": prompt["id"], "prompt": prompt["messages"][-1]["content"], **check})
+            print(f"\nUSER: {rows[-1]['prompt']}\n{spec.name} (GGUF Q4_K_M): {check.get('reply', '')}")
+        io.write_jsonl(folder / "chat.jsonl", rows)
+        return {"gguf": str(gguf), "replies": len(rows), "stops_at_end_of_turn": all(r["ok"] for r in rows)}
+
+    stage("chat", chat_stage)
     return results
 
 
