@@ -1,0 +1,980 @@
+"""LoRA fine-tuning for a persona: one TrainConfig, two backends, the same artifacts.
+
+    from persona_lib.train import TrainConfig, train
+    result = train(TrainConfig.cpu(), records, "runs/taskmaster/adapter")
+
+Backends (`TrainConfig.backend="auto"` picks, `choose_backend` decides):
+
+- ``unsloth``: a CUDA GPU with unsloth installed (Colab). Unsloth's FastLanguageModel loads the
+  model in 4-bit and adds LoRA with its own gradient checkpointing; TRL's SFTTrainer trains.
+- ``transformers``: everywhere else (a CPU box, a GPU without unsloth). transformers + PEFT,
+  trained by the same SFTTrainer with a configuration measured for speed on CPU.
+
+Both train on the same pre-tokenized dataset (`build_dataset`), where the loss covers the
+assistant turns only, each with its end-of-turn token so the model learns to stop. Both leave
+the same folder behind:
+
+    <output_dir>/adapter_config.json, adapter_model.safetensors   the PEFT adapter
+    <output_dir>/tokenizer.json, tokenizer_config.json, chat_template.jinja   the tokenizer and
+                                                                  the chat template trained on
+    <output_dir>/train_config.yaml   the TrainConfig, loadable with TrainConfig.from_yaml
+    <output_dir>/loss_log.jsonl      one line per logged step: {"step", "epoch", "loss"} or "eval_loss"
+    <output_dir>/loss_curve.png      train and validation loss
+    <output_dir>/manifest.json       config, versions, data hash, timings, metrics (written last)
+    <output_dir>/checkpoints/        while training; removed after success (keep_checkpoints keeps them)
+
+A run killed mid-way continues from its last checkpoint with `train(..., resume=True)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from persona_lib import io
+from persona_lib.models import COLAB_DEFAULT, EMBEDDED, TINY
+
+# All attention and MLP projections of Llama-family models (SmolLM2, Llama 3, Qwen, Mistral);
+# Phi-3/4-mini fuse some of them, and match_target_modules maps these names onto theirs.
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+BACKENDS = ("auto", "unsloth", "transformers")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit")
+SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
+LOSSES = ("target_logits", "nll", "chunked_nll")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a persona training run needs; the same object serves notebook, CLI and YAML.
+
+    The defaults are the offline CPU default (the embedded SmolLM2-135M); `colab_t4()` is the
+    Colab preset and `smoke()` the seconds-long CI run.
+    """
+
+    model_id: str = EMBEDDED  # "embedded" (offline default), "tiny", a Hub id or a local folder
+    backend: str = "auto"  # auto: unsloth on CUDA when installed, else transformers + PEFT
+    # LoRA: style transfer moves few directions, so a small rank suffices.
+    lora_r: int = 16  # the lesson's default; 8 is enough for a simple voice, 32-64 for new tasks
+    lora_alpha: int = 16  # alpha = r: update scale 1, so the learning rate means the same at any rank
+    lora_dropout: float = 0.0  # a few hundred examples for 1-3 epochs barely overfit; 0 keeps Unsloth's fast path
+    target_modules: tuple[str, ...] = TARGET_MODULES  # all attention + MLP projections: tone lives in the MLPs too
+    # Optimisation
+    learning_rate: float = 2e-4  # LoRA's usual rate; measured on the 135M model, see the note below
+    num_epochs: float = 2.0  # a voice is learned in 1-3 passes; more memorises the examples' wording
+    max_steps: int = -1  # >0 stops after that many optimizer steps (smoke runs, benchmarks)
+    batch_size: int = 4  # per step; on CPU 4 sequences of similar length keep the matmuls large
+    gradient_accumulation_steps: int = 2  # effective batch 8: smooth enough updates on a small dataset
+    warmup_ratio: float = 0.05  # a few percent warm-up keeps the first updates of fresh LoRA weights small
+    weight_decay: float = 0.01  # Unsloth's value: a mild pull towards the base model, harmless at this scale
+    lr_scheduler: str = "linear"  # linear decay to 0, as in Unsloth's and TRL's examples
+    optim: str = "adamw_torch"  # fp32 AdamW on CPU; the T4 preset uses bitsandbytes' 8-bit AdamW
+    max_seq_length: int = 512  # every shipped conversation fits; longer ones are cut and counted
+    seed: int = 3407  # Unsloth's default random_state: same seed, same data order, same LoRA init
+    validation_fraction: float = 0.1  # held out of `records` (by topic) when no eval_records are given
+    eval_steps: int = 11  # validation loss about twice per epoch of the shipped data: a curve, cheaply
+    save_steps: int = 10  # a checkpoint every ~1.5 minutes on CPU: a kill loses little; adapter + optimizer ~60 MB
+    save_total_limit: int = 2  # the last two checkpoints: one to resume from even if a save was cut
+    logging_steps: int = 1  # every step in the loss log: runs are a few dozen steps long
+    precision: str = "auto"  # auto: bf16 where the GPU or CPU has it natively; else fp16 on a GPU, fp32 on a CPU
+    load_in_4bit: bool = False  # QLoRA (NF4 + double quantization); needs a CUDA GPU
+    gradient_checkpointing: bool = False  # saves memory at ~30% more compute: on for a T4, off on CPU
+    group_by_length: bool = True  # batches of similar length: padding waste drops from ~27% to ~6% at batch 4
+    loss: str = "target_logits"  # LM head only where a label is: 29% of tokens skip the 49k-vocab projection
+    keep_checkpoints: bool = False  # delete checkpoints after a successful run (the adapter is the result)
+
+    def __post_init__(self):
+        self.target_modules = tuple(self.target_modules)
+        problems = []
+
+        def need(ok: bool, name: str, fix: str):
+            if not ok:
+                problems.append(f"{name}={getattr(self, name)!r}: {fix}")
+
+        need(bool(str(self.model_id).strip()), "model_id", "give a model id, 'embedded' or 'tiny'")
+        need(self.backend in BACKENDS, "backend", f"use one of {', '.join(BACKENDS)}")
+        need(self.lora_r >= 1, "lora_r", "use a positive rank (8, 16, 32, 64)")
+        need(self.lora_alpha > 0, "lora_alpha", "use a positive alpha, usually equal to lora_r")
+        need(0 <= self.lora_dropout < 1, "lora_dropout", "use a value in [0, 1), usually 0")
+        need(len(self.target_modules) > 0 and all(isinstance(m, str) and m for m in self.target_modules),
+             "target_modules", f"name the projections to adapt, e.g. {list(TARGET_MODULES)}")
+        need(0 < self.learning_rate <= 0.1, "learning_rate", "use a value in (0, 0.1]; LoRA usually 1e-4 to 5e-4")
+        need(self.num_epochs > 0, "num_epochs", "use a positive number of epochs (1-3 for style)")
+        need(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "use -1 (train num_epochs) or a positive count")
+        need(self.batch_size >= 1, "batch_size", "use at least 1")
+        need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "use at least 1")
+        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "use a fraction in [0, 1), e.g. 0.05")
+        need(self.weight_decay >= 0, "weight_decay", "use a non-negative value")
+        need(self.lr_scheduler in SCHEDULERS, "lr_scheduler", f"use one of {', '.join(SCHEDULERS)}")
+        need(self.optim in OPTIMIZERS, "optim", f"use one of {', '.join(OPTIMIZERS)}")
+        need(self.max_seq_length >= 32, "max_seq_length", "use at least 32 tokens (512 fits the shipped data)")
+        need(0 <= self.validation_fraction < 0.5, "validation_fraction", "use a fraction in [0, 0.5), e.g. 0.1")
+        need(self.eval_steps >= 0, "eval_steps", "use 0 (validate only at the end) or a positive step count")
+        need(self.save_steps >= 1, "save_steps", "use a positive step count")
+        need(self.save_total_limit >= 1, "save_total_limit", "keep at least one checkpoint to resume from")
+        need(self.logging_steps >= 1, "logging_steps", "use a positive step count")
+        need(self.precision in PRECISIONS, "precision", f"use one of {', '.join(PRECISIONS)}")
+        need(self.loss in LOSSES, "loss", f"use one of {', '.join(LOSSES)}")
+        if problems:
+            raise ValueError("TrainConfig has problems:\n  " + "\n  ".join(problems))
+
+    # ------------------------------------------------------------------ presets
+
+    @classmethod
+    def cpu(cls, **overrides) -> "TrainConfig":
+        """The offline default: the embedded SmolLM2-135M in fp32 on a CPU (the dataclass defaults)."""
+        return cls(**overrides)
+
+    @classmethod
+    def colab_t4(cls, **overrides) -> "TrainConfig":
+        """A free Colab T4 (15 GB, no bf16): a 3B instruct model in 4-bit with Unsloth."""
+        preset = dict(
+            model_id=COLAB_DEFAULT,
+            load_in_4bit=True,  # a 3B model in 4-bit is ~2.5 GB of weights: room for activations at 2048
+            gradient_checkpointing=True,  # Unsloth's offloaded checkpointing: the T4's memory is the limit
+            batch_size=2,  # 2 x 4 accumulation = the same effective batch 8 as on CPU
+            gradient_accumulation_steps=4,
+            optim="adamw_8bit",  # 8-bit optimizer states: a quarter of fp32 AdamW's memory
+            num_epochs=3.0,  # a 3B model moves less per step than the 135M one; ~200 examples x 3 ~ 75 steps
+            eval_steps=25,
+            save_steps=25,
+            loss="nll",  # Unsloth computes its own fused cross-entropy on the GPU
+        )
+        return cls(**{**preset, **overrides})
+
+    @classmethod
+    def smoke(cls, **overrides) -> "TrainConfig":
+        """The tiny random-init model, a few steps: the whole path in seconds, for tests and CI."""
+        preset = dict(model_id=TINY, max_steps=6, batch_size=2, gradient_accumulation_steps=1,
+                      max_seq_length=256, eval_steps=3, save_steps=3, warmup_ratio=0.0)
+        return cls(**{**preset, **overrides})
+
+    # ------------------------------------------------------------------ YAML
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["target_modules"] = list(self.target_modules)
+        return data
+
+    def to_yaml(self, path: str | os.PathLike | None = None) -> str:
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            io.atomic_write_text(path, text)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict, **overrides) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {', '.join(unknown)}; "
+                             f"known fields are {', '.join(sorted(known))}")
+        return cls(**{**data, **overrides})
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides) -> "TrainConfig":
+        """Load a YAML file of TrainConfig fields (any subset; the rest keep their defaults)."""
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of TrainConfig fields, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data, **overrides)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+
+def field_docs() -> dict[str, str]:
+    """Each TrainConfig field's why-comment, read from this file: the CLI's --help shows them,
+    so the reasons are written once, at the definition."""
+    import ast
+    import inspect
+
+    source = inspect.getsource(TrainConfig)
+    lines = source.splitlines()
+    docs = {}
+    for node in ast.parse(source).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            line = lines[node.lineno - 1]
+            docs[node.target.id] = line.split("  # ", 1)[1].strip() if "  # " in line else ""
+    return docs
+
+
+def match_target_modules(requested: Sequence[str], available: set[str]) -> list[str]:
+    """The model's own names for the requested projections. Phi-3 / Phi-4-mini fuse q, k, v into
+    `qkv_proj` and gate, up into `gate_up_proj`; asking PEFT for q_proj there would silently adapt
+    only o_proj and down_proj."""
+    fused = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
+             "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+    out: list[str] = []
+    for name in requested:
+        name = name if name in available else fused.get(name, name)
+        if name in available and name not in out:
+            out.append(name)
+    missing = [n for n in requested if n not in available and fused.get(n) not in available]
+    if missing:
+        raise ValueError(f"target_modules {missing} are not linear layers of this model; it has "
+                         f"{', '.join(sorted(available))}")
+    return out
+
+
+def _linear_names(model) -> set[str]:
+    import torch
+
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] != "lm_head"}
+
+
+# Learning rate on the 135M model: 2e-4 is kept. bench/sweep_style.py and the full run in
+# bench/bench_train_cpu.py show the signature-phrase rate moving within 2 epochs at 2e-4;
+# the validation loss keeps falling through epoch 2 (no overshoot), so a higher rate would
+# only trade knowledge for speed on a model this small.
+
+
+# --------------------------------------------------------------------------- pure decisions
+
+
+def choose_backend(requested: str, *, cuda: bool, unsloth_installed: bool) -> str:
+    """'unsloth' or 'transformers' for a TrainConfig.backend on this machine."""
+    if requested == "auto":
+        return "unsloth" if cuda and unsloth_installed else "transformers"
+    if requested == "unsloth" and not (cuda and unsloth_installed):
+        why = "no CUDA GPU is visible" if not cuda else "unsloth is not installed"
+        raise RuntimeError(f"backend='unsloth' but {why}. Use backend='auto' or 'transformers' "
+                           "(transformers + PEFT runs on any machine), or run on a Colab GPU runtime.")
+    return requested
+
+
+def resolve_precision(requested: str, *, cuda: bool, bf16_supported: bool) -> tuple[str, str | None]:
+    """The precision to train in, and a message when the request cannot be honoured.
+
+    `bf16_supported`: the GPU has bf16 (Ampere or newer), or, without CUDA, the CPU multiplies
+    bf16 natively (`cpu_has_native_bf16`). On a GPU without bf16 (a T4) bf16 falls back to
+    fp16 mixed precision. On a CPU, "bf16" keeps the frozen base weights in bf16 and the LoRA
+    weights in fp32, with no autocast; measured on an AVX512-BF16 EPYC it trains 1.3-1.5x
+    faster than fp32, while a CPU without native bf16 multiplies bf16 about 17x slower (what
+    made TRL's bf16 default ~20x slower on the design notes' AVX2 box), so there it falls back.
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision={requested!r}: use one of {', '.join(PRECISIONS)}")
+    if not cuda:
+        if requested == "fp16":
+            return "fp32", "fp16 needs a CUDA GPU; training in fp32 on this CPU."
+        if requested == "bf16" and not bf16_supported:
+            return "fp32", ("this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 runs many times slower "
+                            "than fp32: training in fp32.")
+        if requested == "auto":
+            return ("bf16" if bf16_supported else "fp32"), None
+        return requested, None
+    if requested == "auto":
+        return ("bf16" if bf16_supported else "fp16"), None
+    if requested == "bf16" and not bf16_supported:
+        return "fp16", "this GPU has no bf16 (a T4 is Turing, bf16 needs Ampere or newer): using fp16 mixed precision."
+    return requested, None
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), read from /proc/cpuinfo
+    (Linux); elsewhere False, and the CPU path stays in fp32."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def check_quantization(load_in_4bit: bool, *, cuda: bool) -> None:
+    """Refuse QLoRA without CUDA before bitsandbytes fails somewhere deep inside a forward pass."""
+    if load_in_4bit and not cuda:
+        raise RuntimeError(
+            "4-bit quantization (QLoRA, --use_quantization / load_in_4bit=True) needs a CUDA GPU: "
+            "bitsandbytes' 4-bit kernels do not run on this CPU. Drop the flag; on a CPU the model "
+            "trains in fp32 with LoRA, which is what QLoRA approximates anyway.")
+
+
+# --------------------------------------------------------------------------- masking
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    # The rendered template already holds BOS and every special token as text.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _render(tokenizer, messages, add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _special_ids(tokenizer) -> set[int]:
+    ids = set(tokenizer.all_special_ids)
+    ids |= {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return ids
+
+
+def tokenize_conversation(tokenizer, messages: Sequence[dict], max_seq_length: int | None = None) -> dict:
+    """Token ids of a conversation in the tokenizer's chat template, and labels that train the
+    assistant turns only: each assistant message's tokens through its end-of-turn token.
+
+    The templates of SmolLM2, Llama 3 and Phi have no `{% generation %}` markers, so the spans
+    come from rendering growing prefixes: the tokens of `messages[:i]` with the generation
+    prompt are where assistant turn i starts, the tokens of `messages[:i+1]` where it ends.
+    Both must be exact prefixes of the whole conversation's tokens (checked), and within a span
+    training stops at the last special token (`<|im_end|>`, `<|eot_id|>`, `<|end|>`), so the
+    newline a template writes after it is not trained.
+
+    Returns {"input_ids", "labels", "full_length"}; labels are -100 where there is no loss.
+    `max_seq_length` cuts from the end (the start of the conversation is kept).
+    """
+    ids = _encode(tokenizer, _render(tokenizer, messages))
+    labels = [-100] * len(ids)
+    special = _special_ids(tokenizer)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        bounds = []
+        for prefix, gen in ((messages[:i], True), (messages[: i + 1], False)):
+            part = _encode(tokenizer, _render(tokenizer, prefix, add_generation_prompt=gen))
+            if part != ids[: len(part)]:
+                raise ValueError(
+                    f"the chat template is not prefix-preserving at message {i + 1}: the tokens of the first "
+                    f"{len(prefix)} message(s) are not a prefix of the whole conversation's tokens, so the "
+                    "assistant spans cannot be located. Use a template that renders earlier turns the same "
+                    "way whatever follows them.")
+            bounds.append(len(part))
+        start, end = bounds
+        ends = [k for k in range(start, end) if ids[k] in special]
+        if not ends:
+            raise ValueError(
+                f"assistant message {i + 1} has no end-of-turn token in the chat template's rendering; "
+                "the model would never learn to stop. Check the tokenizer's special tokens and template.")
+        stop = ends[-1] + 1
+        labels[start:stop] = ids[start:stop]
+    full = len(ids)
+    if max_seq_length is not None:
+        ids, labels = ids[:max_seq_length], labels[:max_seq_length]
+    return {"input_ids": ids, "labels": labels, "full_length": full}
+
+
+def trained_spans(input_ids: Sequence[int], labels: Sequence[int]) -> list[tuple[int, int]]:
+    """(start, end) of every run of trained positions (labels != -100)."""
+    spans, start = [], None
+    for k, lab in enumerate(list(labels) + [-100]):
+        if lab != -100 and start is None:
+            start = k
+        elif lab == -100 and start is not None:
+            spans.append((start, k))
+            start = None
+    return spans
+
+
+@dataclass
+class TokenizedData:
+    dataset: Any  # datasets.Dataset with input_ids and labels
+    examples: int
+    tokens: int  # every token the model reads (no padding)
+    trained_tokens: int  # tokens with a loss: the assistant turns with their end-of-turn tokens
+    truncated: int  # conversations longer than max_seq_length, cut at the end
+    dropped: int  # conversations whose assistant turns were cut away entirely
+
+
+def build_dataset(records: Sequence[dict], tokenizer, max_seq_length: int) -> TokenizedData:
+    """The pre-tokenized, label-masked dataset SFTTrainer trains on (it keeps given labels)."""
+    import datasets
+
+    rows, truncated, dropped = [], 0, 0
+    for record in records:
+        row = tokenize_conversation(tokenizer, record["messages"], max_seq_length)
+        truncated += row.pop("full_length") > max_seq_length
+        if all(lab == -100 for lab in row["labels"]):
+            dropped += 1
+            continue
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"no trainable conversation in {len(records)} record(s) at max_seq_length="
+                         f"{max_seq_length}: raise max_seq_length or check that records have assistant turns")
+    return TokenizedData(
+        dataset=datasets.Dataset.from_list(rows),
+        examples=len(rows),
+        tokens=sum(len(r["input_ids"]) for r in rows),
+        trained_tokens=sum(lab != -100 for r in rows for lab in r["labels"]),
+        truncated=truncated,
+        dropped=dropped,
+    )
+
+
+def data_hash(records: Sequence[dict]) -> str:
+    """sha256 of the conversations (messages only, canonical JSON): same data, same hash."""
+    canon = json.dumps([r["messages"] for r in records], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- models
+
+
+def lora_share(model_id: str, lora_r: int = 16, target_modules: Sequence[str] = TARGET_MODULES) -> dict:
+    """LoRA's trainable parameters against the model's total, from its config alone.
+
+    The model is built on PyTorch's meta device (shapes, no memory, no weights), so this works
+    for a 3B Hub model as well as the embedded one. Each adapted d_in x d_out projection gains
+    r x (d_in + d_out) parameters.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from persona_lib.models import resolve
+
+    config = AutoConfig.from_pretrained(resolve(model_id))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    targets = match_target_modules(target_modules, _linear_names(model))
+    per_module: dict[str, int] = {}
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in targets and isinstance(module, torch.nn.Linear):
+            per_module[leaf] = per_module.get(leaf, 0) + lora_r * (module.in_features + module.out_features)
+    trainable = sum(per_module.values())
+    return {"model": model_id, "total": total, "trainable": trainable, "share": trainable / total,
+            "per_module": per_module, "layers": config.num_hidden_layers}
+
+
+def _fix_tokenizer(tokenizer):
+    """A pad token for batching. Labels come from our own masks, never from input_ids, so a pad
+    token equal to EOS (what many Llama tokenizers ship) cannot hide the trained end of turn."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load_unsloth(config: TrainConfig, path: str):
+    from unsloth import FastLanguageModel  # first: Unsloth patches transformers when imported
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=path, max_seq_length=config.max_seq_length, dtype=None, load_in_4bit=config.load_in_4bit)
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=config.lora_r,
+        target_modules=list(config.target_modules),
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        bias="none",
+        use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False,
+        random_state=config.seed,
+    )
+    return model, _fix_tokenizer(tokenizer)
+
+
+def _load_transformers(config: TrainConfig, path: str, precision: str, cuda: bool):
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    # On CPU, bf16 means bf16 base weights (PEFT keeps the LoRA weights in fp32), not autocast.
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if config.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    if cuda:
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if config.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    torch.manual_seed(config.seed)  # the LoRA A matrices are drawn now
+    targets = match_target_modules(config.target_modules, _linear_names(model))
+    model = get_peft_model(model, LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=targets, bias="none", task_type="CAUSAL_LM"))
+    return model, _fix_tokenizer(AutoTokenizer.from_pretrained(path))
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, total) parameters of a PEFT model; PEFT counts 4-bit weights at full size."""
+    return model.get_nb_trainable_parameters()
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def sft_config(config: TrainConfig, output_dir: str | os.PathLike, *, precision: str, cuda: bool,
+               has_eval: bool, backend: str, **extra):
+    """TRL's SFTConfig for a TrainConfig.
+
+    On CPU this is the configuration measured fastest by bench/bench_train_cpu.py, and it is
+    why the CPU path can keep SFTTrainer instead of a hand-written loop: no bf16 autocast
+    (bf16, where the CPU has it, lives in the base weights instead; see resolve_precision), no
+    gradient checkpointing (TRL turns it on by default: +30% compute for memory a CPU box
+    has), length-grouped batches (27% padding at batch 4 in random order, 6% grouped), and the
+    LM head only on labelled tokens (loss="target_logits", computed by the trainer subclass).
+    Measured side by side on 2 EPYC cores, non-pad tokens/s: this configuration 185-217 in
+    fp32 (54-71% of the fp32 matmul ceiling), a plain PyTorch loop over the same batches
+    184-195, TRL's defaults with bf16 off 110.
+    """
+    from trl import SFTConfig
+
+    eval_every = config.eval_steps if config.eval_steps else None
+    args = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=config.weight_decay,
+        optim=config.optim,
+        seed=config.seed,
+        data_seed=config.seed,
+        max_length=config.max_seq_length,
+        bf16=cuda and precision == "bf16",  # autocast on GPUs; on CPU the bf16 is in the weights
+        fp16=cuda and precision == "fp16",
+        use_cpu=not cuda,
+        # Unsloth applies its own checkpointing in get_peft_model; HF's would run it twice.
+        gradient_checkpointing=config.gradient_checkpointing and backend == "transformers",
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        loss_type="nll" if config.loss == "target_logits" else config.loss,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval and eval_every else "no",
+        eval_steps=eval_every,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to="none",
+        disable_tqdm=True,  # our own progress bar (one line, loss and tokens/s)
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        dataset_num_proc=None,
+    )
+    args.update(extra)
+    return SFTConfig(**args)
+
+
+def _trainer_class():
+    """SFTTrainer with a seeded, epoch-aware length-grouped sampler.
+
+    transformers' own LengthGroupedSampler draws from the global RNG when each epoch starts,
+    which a resumed run has not replayed; this one derives the order from (seed, epoch), so a
+    run resumed mid-epoch sees exactly the batches the uninterrupted run saw.
+    """
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+    from trl import SFTTrainer
+
+    class Sampler(torch.utils.data.Sampler):
+        def __init__(self, lengths, group, seed):
+            self.lengths, self.group, self.seed, self.epoch = lengths, group, seed, 0
+
+        def set_epoch(self, epoch):
+            self.epoch = int(epoch)
+
+        def __len__(self):
+            return len(self.lengths)
+
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.group, generator=generator))
+
+    class PersonaSFTTrainer(SFTTrainer):
+        group_by_length = True
+        target_logits = False
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            """With `target_logits`: the decoder's hidden states, then the LM head and cross-entropy
+            only at positions that have a label. HF's loss projects every position onto the
+            vocabulary (a fifth of SmolLM2's compute), TRL's chunked loss projects only labelled
+            ones but recomputes them in the backward pass; this does neither. Llama-family
+            models only (no logit scaling or soft-capping), which is what the CPU path trains."""
+            if not self.target_logits:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs.pop("_prediction_loss_only", None)
+            causal_lm = model.get_base_model()
+            hidden = causal_lm.base_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                          use_cache=False).last_hidden_state
+            target = inputs["labels"][:, 1:]
+            keep = target != -100
+            logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
+            loss = torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum")
+            # Divided by the labelled tokens of the whole accumulated batch, like HF's own loss.
+            loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1))
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+        def _get_train_sampler(self, train_dataset=None):
+            if not self.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            return Sampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, self.args.seed)
+
+    return PersonaSFTTrainer
+
+
+def build_trainer(config: TrainConfig, model, tokenizer, args, train_dataset, eval_dataset=None, *,
+                  backend: str = "transformers"):
+    """The SFTTrainer for a PEFT model and pre-tokenized datasets (what train() runs; the CPU
+    benchmark measures exactly this)."""
+    import datasets
+    from transformers import PrinterCallback
+
+    datasets.disable_progress_bars()  # TRL's truncation pass over data that is already cut
+    try:
+        trainer = _trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                   processing_class=tokenizer)
+    finally:
+        datasets.enable_progress_bars()
+    trainer.group_by_length = config.group_by_length
+    # Unsloth computes its own fused loss on the GPU; target_logits is the CPU path's.
+    trainer.target_logits = config.loss == "target_logits" and backend == "transformers"
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; our progress bar shows the losses
+    return trainer
+
+
+def _callbacks(output_dir: Path, total_steps: int, progress: bool):
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class LossLog(TrainerCallback):
+        """Rewrites loss_log.jsonl from the trainer's log history at every log event, so after a
+        resume it holds exactly the history restored from the checkpoint plus what followed."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            rows = [{k: v for k, v in row.items() if k in ("step", "epoch", "loss", "eval_loss", "learning_rate",
+                                                               "grad_norm", "num_input_tokens_seen")}
+                    for row in state.log_history if "loss" in row or "eval_loss" in row]
+            io.write_jsonl(output_dir / "loss_log.jsonl", rows)
+
+    class Progress(TrainerCallback):
+        """One bar: steps, the latest train and validation loss, and tokens per second."""
+
+        def __init__(self):
+            self.bar, self.start, self.tokens0, self.shown = None, 0.0, 0, {}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=total_steps, initial=state.global_step, desc="training", unit="step",
+                            disable=not progress, dynamic_ncols=True)
+            self.start, self.tokens0 = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(state.global_step - self.bar.n)
+            rate = (state.num_input_tokens_seen - self.tokens0) / max(time.perf_counter() - self.start, 1e-9)
+            self.shown["tok/s"] = f"{rate:.0f}"
+            self.bar.set_postfix(self.shown, refresh=True)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.shown.update({k: f"{v:.3f}" for k, v in (logs or {}).items() if k in ("loss", "eval_loss")})
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.set_postfix(self.shown, refresh=True)
+            self.bar.close()
+
+    return [LossLog(), Progress()]
+
+
+# --------------------------------------------------------------------------- run
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path  # the adapter folder, with the tokenizer, loss log, curve and manifest
+    manifest: dict
+    model: Any = field(default=None, repr=False)  # the trained PEFT model, ready to generate
+    tokenizer: Any = field(default=None, repr=False)
+
+    @property
+    def train_loss(self) -> float | None:
+        return self.manifest["metrics"]["train_loss"]
+
+    @property
+    def eval_loss(self) -> float | None:
+        return self.manifest["metrics"]["eval_loss"]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.manifest["throughput"]["tokens_per_second"]
+
+
+def package_versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "unsloth", "bitsandbytes"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _hardware(cuda: bool) -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if cuda:
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def split_for_validation(records: Sequence[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, validation): `fraction` of the records held out, stratified by topic."""
+    from persona_lib.dataset import split_records
+
+    if fraction == 0 or len(records) < 2:
+        return list(records), []
+    parts = split_records(records, fractions=(1 - fraction, fraction, 0.0), seed=seed)
+    return parts["train"], parts["validation"]
+
+
+def shipped_splits(slug: str, validation_fraction: float = 0.1, seed: int = 3407) -> dict[str, list[dict]]:
+    """A shipped persona's training data: {"train", "validation"}, stratified by topic.
+
+    The slice reserved for the persona classifier (`metrics.split_reserved`) is left out, so
+    the classifier never grades replies an adapter learnt from the classifier's own examples.
+    """
+    from persona_lib.dataset import load_shipped
+    from persona_lib.metrics import split_reserved
+
+    train_records, validation = split_for_validation(split_reserved(load_shipped(slug))[0], validation_fraction, seed)
+    return {"train": train_records, "validation": validation}
+
+
+def _run_key(config: TrainConfig, train_hash: str, eval_hash: str) -> dict:
+    return {"config": config.to_dict(), "train_data": train_hash, "eval_data": eval_hash}
+
+
+def last_checkpoint(ckpt_dir: str | os.PathLike) -> str | None:
+    """The newest complete checkpoint folder. The Trainer writes `trainer_state.json` last, so a
+    folder without a readable one was cut by a kill mid-save: it is removed, and the one before
+    it is used."""
+    ckpt_dir = Path(ckpt_dir)
+    found = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])) if ckpt_dir.is_dir() else []
+    for folder in reversed(found):
+        try:
+            io.read_json(folder / "trainer_state.json")
+            return str(folder)
+        except (OSError, ValueError):
+            print(f"{folder.name} is incomplete (the run was stopped while saving it): removing it")
+            shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
+def _prepare_checkpoints(ckpt_dir: Path, key: dict, resume: bool) -> str | None:
+    """The checkpoint to resume from (None: start fresh). A checkpoint from a different config
+    or data is refused rather than silently mixed into this run."""
+    last = last_checkpoint(ckpt_dir)
+    key_file = ckpt_dir / "run_key.json"
+    if last and resume:
+        old = io.read_json(key_file) if key_file.is_file() else {}
+        if old != key:
+            changed = sorted(k for k in set(old.get("config", {})) | set(key["config"])
+                             if old.get("config", {}).get(k) != key["config"].get(k))
+            changed += [k for k in ("train_data", "eval_data") if old.get(k) != key[k]]
+            raise RuntimeError(
+                f"cannot resume from {last}: it was made with a different {', '.join(changed) or 'run'}. "
+                f"Resume with the original config and data, or train without resume (this deletes {ckpt_dir}).")
+        print(f"resuming from {last}")
+        return last
+    if last:
+        print(f"starting fresh: removing the old checkpoints in {ckpt_dir} (resume=True / --resume continues instead)")
+    if resume and not last:
+        print(f"no checkpoint in {ckpt_dir}: starting from step 0")
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    io.write_json(key_file, key)
+    return None
+
+
+def _tokens_at_checkpoint(checkpoint: str | None) -> int:
+    """Tokens already counted by the run a resume continues (its saved trainer state)."""
+    if checkpoint is None:
+        return 0
+    return io.read_json(Path(checkpoint) / "trainer_state.json").get("num_input_tokens_seen", 0)
+
+
+def _save_final(model, tokenizer, dest: Path) -> list[str]:
+    """Save adapter + tokenizer into a temporary folder, then move each file into `dest`: a kill
+    during saving leaves the old files or the new ones, never a half-written adapter."""
+    tmp = dest / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    names = sorted(p.name for p in tmp.iterdir())
+    for name in names:
+        os.replace(tmp / name, dest / name)
+    tmp.rmdir()
+    return names
+
+
+def _final_losses(history: list[dict]) -> dict:
+    train = [row["loss"] for row in history if "loss" in row]
+    evals = [row["eval_loss"] for row in history if "eval_loss" in row]
+    tail = train[-5:]
+    return {
+        "train_loss": tail[-1] if tail else None,
+        "train_loss_last5_mean": sum(tail) / len(tail) if tail else None,
+        "first_train_loss": train[0] if train else None,
+        "eval_loss": evals[-1] if evals else None,
+        "best_eval_loss": min(evals) if evals else None,
+        "first_eval_loss": evals[0] if evals else None,
+    }
+
+
+def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.PathLike, *,
+          eval_records: Sequence[dict] | None = None, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Fine-tune `config.model_id` with LoRA on `records` (ChatML conversations) into `output_dir`.
+
+    `eval_records` is the validation set; without it, `config.validation_fraction` of `records`
+    is held out. `resume=True` continues from the last checkpoint in `output_dir/checkpoints`
+    (same config and data required). Returns the manifest, and the trained model in memory.
+    """
+    import torch
+
+    from persona_lib.models import resolve
+
+    t0 = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    check_quantization(config.load_in_4bit, cuda=cuda)
+    backend = choose_backend(config.backend, cuda=cuda, unsloth_installed=importlib.util.find_spec("unsloth") is not None)
+    precision, note = resolve_precision(config.precision, cuda=cuda,
+                                        bf16_supported=torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16())
+    if note:
+        print(note)
+    if eval_records is None:
+        train_records, eval_records = split_for_validation(records, config.validation_fraction, config.seed)
+    else:
+        train_records, eval_records = list(records), list(eval_records)
+    if not train_records:
+        raise ValueError("no training records: pass at least one conversation")
+    key = _run_key(config, data_hash(train_records), data_hash(eval_records))
+    checkpoint = _prepare_checkpoints(output_dir / "checkpoints", key, resume)
+    config.to_yaml(output_dir / "train_config.yaml")
+
+    path = resolve(config.model_id)
+    if backend == "unsloth":
+        model, tokenizer = _load_unsloth(config, path)
+    else:
+        model, tokenizer = _load_transformers(config, path, precision, cuda)
+    trainable, total = parameter_counts(model)
+    print(f"{config.model_id}: {backend} backend, {precision}, LoRA r={config.lora_r} trains "
+          f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    t_load = time.perf_counter()
+
+    train_data = build_dataset(train_records, tokenizer, config.max_seq_length)
+    eval_data = build_dataset(eval_records, tokenizer, config.max_seq_length) if eval_records else None
+    if train_data.truncated:
+        print(f"{train_data.truncated} conversation(s) longer than max_seq_length={config.max_seq_length} were cut "
+              f"at the end ({train_data.dropped} lost every assistant token and were dropped)")
+    t_data = time.perf_counter()
+
+    args = sft_config(config, output_dir / "checkpoints", precision=precision, cuda=cuda,
+                      has_eval=eval_data is not None, backend=backend)
+    trainer = build_trainer(config, model, tokenizer, args, train_data.dataset,
+                            eval_data.dataset if eval_data else None, backend=backend)
+    steps_per_epoch = math.ceil(math.ceil(train_data.examples / config.batch_size) / config.gradient_accumulation_steps)
+    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_epochs)
+    for callback in _callbacks(output_dir, total_steps, progress):
+        trainer.add_callback(callback)
+
+    tokens_before = _tokens_at_checkpoint(checkpoint)
+    start = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.perf_counter() - start
+    state = trainer.state
+    if eval_data is not None and not any(row.get("step") == state.global_step and "eval_loss" in row
+                                         for row in state.log_history):
+        trainer.evaluate()  # the curve ends with a validation point at the final step
+    session_tokens = state.num_input_tokens_seen - tokens_before
+
+    model.eval()
+    files = _save_final(model, tokenizer, output_dir)
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)  # the returned model is ready to generate
+    history = [row for row in state.log_history if "loss" in row or "eval_loss" in row]
+    from persona_lib.plots import loss_curve
+
+    loss_curve(history, title=f"{config.model_id}: LoRA r={config.lora_r}", path=output_dir / "loss_curve.png")
+    if not config.keep_checkpoints:
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+
+    manifest = {
+        "config": config.to_dict(),
+        "backend": backend,
+        "precision": precision,
+        "model_path": path,
+        "base_model": config.model_id,
+        "chat_template_sha256": hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest(),
+        "versions": package_versions(),
+        "hardware": _hardware(cuda),
+        "data": {
+            "train_sha256": key["train_data"],
+            "eval_sha256": key["eval_data"],
+            "train_examples": train_data.examples,
+            "eval_examples": eval_data.examples if eval_data else 0,
+            "train_tokens": train_data.tokens,
+            "trained_tokens": train_data.trained_tokens,
+            "truncated": train_data.truncated,
+            "dropped": train_data.dropped,
+        },
+        "parameters": {"trainable": trainable, "total": total, "share": trainable / total},
+        "steps": state.global_step,
+        "epochs": state.epoch,
+        "resumed_from": checkpoint,
+        "timings": {
+            "load_model_s": round(t_load - t0, 2),
+            "tokenize_s": round(t_data - t_load, 2),
+            "train_s": round(train_seconds, 2),
+            "total_s": round(time.perf_counter() - t0, 2),
+        },
+        "throughput": {
+            "tokens": session_tokens,
+            "tokens_per_second": round(session_tokens / train_seconds, 2) if train_seconds else 0.0,
+            "train_runtime_s": out.metrics.get("train_runtime"),
+        },
+        "metrics": _final_losses(history),
+        "files": files + ["train_config.yaml", "loss_log.jsonl", "loss_curve.png", "manifest.json"],
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "",
+    }
+    io.write_json(output_dir / "manifest.json", manifest)
+    m = manifest["metrics"]
+    print(f"done in {train_seconds:.0f} s ({manifest['throughput']['tokens_per_second']:.0f} tokens/s): "
+          f"train loss {m['first_train_loss']:.3f} -> {m['train_loss']:.3f}"
+          + (f", validation loss {m['first_eval_loss']:.3f} -> {m['eval_loss']:.3f}" if m["eval_loss"] is not None else "")
+          + f"\nadapter and tokenizer: {output_dir}")
+    return TrainResult(output_dir=output_dir, manifest=manifest, model=model, tokenizer=tokenizer)
+
+
+def read_loss_log(output_dir: str | os.PathLike) -> list[dict]:
+    return io.read_jsonl(Path(output_dir) / "loss_log.jsonl")
+
+
+def load_adapter(adapter_dir: str | os.PathLike):
+    """(model, tokenizer): the base model of a trained adapter folder with the adapter applied,
+    and the tokenizer saved with it (the chat template it was trained with)."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from persona_lib.models import load_chat_model
+
+    adapter_dir = Path(adapter_dir)
+    manifest = io.read_json(adapter_dir / "manifest.json")
+    model, _ = load_chat_model(manifest["base_model"])
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(str(adapter_dir))
