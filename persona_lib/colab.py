@@ -99,6 +99,9 @@ def install_gpu_stack() -> None:
         subprocess.run(pip + ["--no-deps", *todo], check=True)
     if todo := missing(UNSLOTH_WITH_DEPS):
         subprocess.run(pip + todo, check=True)
+    # Unsloth patches transformers and TRL when it is imported first; every later notebook
+    # cell may import transformers, so import it here, in the install cell.
+    import unsloth  # noqa: F401
 
 
 def drive_runs_root(folder: str = "persona-lab/runs") -> Path:
