@@ -276,7 +276,7 @@ def full_run(args) -> dict:
                 "knowledge_recall_percent": round(knowledge_recall(knowledge, answers)["recall_percent"], 1),
                 "replies": replies}
 
-    config = TrainConfig.cpu(model_id=args.model)
+    config = TrainConfig.cpu(model_id=args.model, max_steps=args.max_steps)
     base, tokenizer = load_model(args.model)
     before = measure(base, tokenizer, "base")
     del base
@@ -288,7 +288,8 @@ def full_run(args) -> dict:
     wall = time.perf_counter() - start
     rate_after = matmul_gflops()
     after = measure(result.model, result.tokenizer, "tuned")
-    loss_curve(read_loss_log(out), title="embedded, TaskMaster, 2 epochs (TrainConfig.cpu())", path=RESULTS / "train_cpu_full_loss.png")
+    loss_curve(read_loss_log(out), title=f"{args.model}, TaskMaster, TrainConfig.cpu()",
+               path=Path(args.results or RESULTS / "train_cpu_full.json").with_suffix(".png"))
     params = result.manifest["parameters"]["total"]
     tps = result.tokens_per_second
     rate = (rate_before + rate_after) / 2
@@ -324,6 +325,7 @@ def main(argv=None) -> int:
     parser.add_argument("--full-run", action="store_true", help="the 2-epoch run with before/after measures instead")
     parser.add_argument("--prompts", type=int, default=40, help="held-out prompts for --full-run (all ordinary ones if fewer)")
     parser.add_argument("--max-new-tokens", type=int, default=120, help="reply length for --full-run's measures")
+    parser.add_argument("--max-steps", type=int, default=-1, help="--full-run: stop early (a plumbing check only)")
     parser.add_argument("--output", default="", help="adapter folder for --full-run (default: a temporary folder)")
     parser.add_argument("--results", default="", help="JSON path (default bench/results/train_cpu[_full].json)")
     args = parser.parse_args(argv)

@@ -62,35 +62,36 @@ class TrainConfig:
     Colab preset and `smoke()` the seconds-long CI run.
     """
 
-    model_id: str = EMBEDDED  # "embedded" (offline default), "tiny", a Hub id or a local folder
-    backend: str = "auto"  # auto: unsloth on CUDA when installed, else transformers + PEFT
+    model_id: str = EMBEDDED  # base model: "embedded" (SmolLM2-135M, offline), "tiny", a Hub id or a folder
+    backend: str = "auto"  # auto: Unsloth on a CUDA GPU with unsloth installed, else transformers + PEFT
     # LoRA: style transfer moves few directions, so a small rank suffices.
-    lora_r: int = 16  # the lesson's default; 8 is enough for a simple voice, 32-64 for new tasks
-    lora_alpha: int = 16  # alpha = r: update scale 1, so the learning rate means the same at any rank
-    lora_dropout: float = 0.0  # a few hundred examples for 1-3 epochs barely overfit; 0 keeps Unsloth's fast path
-    target_modules: tuple[str, ...] = TARGET_MODULES  # all attention + MLP projections: tone lives in the MLPs too
+    lora_r: int = 16  # LoRA rank: 16 to start; 8 suffices for a simple voice, 32-64 is for new tasks
+    lora_alpha: int = 16  # LoRA scale alpha/r; alpha = r gives 1: the learning rate means the same at any rank
+    lora_dropout: float = 0.0  # 0: a few hundred examples for 1-3 epochs barely overfit; Unsloth's fast path needs 0
+    # Layers that get an adapter: all attention and MLP projections (tone lives in the MLPs too).
+    target_modules: tuple[str, ...] = TARGET_MODULES  # every attention and MLP projection
     # Optimisation
-    learning_rate: float = 2e-4  # LoRA's usual rate; measured on the 135M model, see the note below
-    num_epochs: float = 2.0  # a voice is learned in 1-3 passes; more memorises the examples' wording
+    learning_rate: float = 2e-4  # LoRA's usual rate (full fine-tuning uses ~10x less); see the note on the 135M model
+    num_epochs: float = 2.0  # passes over the data: a voice is learnt in 1-3; more memorises the examples' wording
     max_steps: int = -1  # >0 stops after that many optimizer steps (smoke runs, benchmarks)
-    batch_size: int = 4  # per step; on CPU 4 sequences of similar length keep the matmuls large
-    gradient_accumulation_steps: int = 2  # effective batch 8: smooth enough updates on a small dataset
-    warmup_ratio: float = 0.05  # a few percent warm-up keeps the first updates of fresh LoRA weights small
-    weight_decay: float = 0.01  # Unsloth's value: a mild pull towards the base model, harmless at this scale
-    lr_scheduler: str = "linear"  # linear decay to 0, as in Unsloth's and TRL's examples
+    batch_size: int = 4  # conversations per forward pass; on CPU 4 of similar length keep the matmuls large
+    gradient_accumulation_steps: int = 2  # passes summed per update: effective batch 8, smooth enough on small data
+    warmup_ratio: float = 0.05  # share of steps with a rising learning rate: small first updates of fresh LoRA weights
+    weight_decay: float = 0.01  # Unsloth's value: a mild pull of the update towards zero, harmless at this scale
+    lr_scheduler: str = "linear"  # linear decay to 0 after warm-up, as in Unsloth's and TRL's examples
     optim: str = "adamw_torch"  # fp32 AdamW on CPU; the T4 preset uses bitsandbytes' 8-bit AdamW
-    max_seq_length: int = 512  # every shipped conversation fits; longer ones are cut and counted
+    max_seq_length: int = 512  # tokens per conversation: the shipped ones fit (longest 487); longer are cut, counted
     seed: int = 3407  # Unsloth's default random_state: same seed, same data order, same LoRA init
     validation_fraction: float = 0.1  # held out of `records` (by topic) when no eval_records are given
-    eval_steps: int = 11  # validation loss about twice per epoch of the shipped data: a curve, cheaply
-    save_steps: int = 10  # a checkpoint every ~1.5 minutes on CPU: a kill loses little; adapter + optimizer ~60 MB
-    save_total_limit: int = 2  # the last two checkpoints: one to resume from even if a save was cut
+    eval_steps: int = 11  # steps between validation passes (0: at the end only): about twice an epoch here
+    save_steps: int = 10  # steps between checkpoints: about a minute of CPU training; adapter + optimizer ~60 MB
+    save_total_limit: int = 2  # checkpoints kept: two, so one is whole even when a kill cuts a save
     logging_steps: int = 1  # every step in the loss log: runs are a few dozen steps long
     precision: str = "auto"  # auto: bf16 where the GPU or CPU has it natively; else fp16 on a GPU, fp32 on a CPU
     load_in_4bit: bool = False  # QLoRA (NF4 + double quantization); needs a CUDA GPU
     gradient_checkpointing: bool = False  # saves memory at ~30% more compute: on for a T4, off on CPU
     group_by_length: bool = True  # batches of similar length: padding waste drops from ~27% to ~6% at batch 4
-    loss: str = "target_logits"  # LM head only where a label is: 29% of tokens skip the 49k-vocab projection
+    loss: str = "target_logits"  # LM head only at labelled positions (29% skip the 49k-vocab projection); or TRL's nll
     keep_checkpoints: bool = False  # delete checkpoints after a successful run (the adapter is the result)
 
     def __post_init__(self):
@@ -862,6 +863,8 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
         raise ValueError("no training records: pass at least one conversation")
     key = _run_key(config, data_hash(train_records), data_hash(eval_records))
     checkpoint = _prepare_checkpoints(output_dir / "checkpoints", key, resume)
+    # manifest.json marks a finished run (written last); an older one must not vouch for this run.
+    (output_dir / "manifest.json").unlink(missing_ok=True)
     config.to_yaml(output_dir / "train_config.yaml")
 
     path = resolve(config.model_id)
@@ -978,3 +981,25 @@ def load_adapter(adapter_dir: str | os.PathLike):
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
     return model, AutoTokenizer.from_pretrained(str(adapter_dir))
+
+
+def preset(model_id: str, **overrides) -> TrainConfig:
+    """The TrainConfig preset for a model on this machine: smoke() for the tiny model,
+    colab_t4() where Unsloth runs (a CUDA GPU with unsloth), cpu() elsewhere."""
+    from persona_lib.models import unsloth_available
+
+    if model_id == TINY:
+        return TrainConfig.smoke(**overrides)
+    make = TrainConfig.colab_t4 if unsloth_available() else TrainConfig.cpu
+    return make(**{"model_id": model_id, **overrides})
+
+
+def train_persona(slug: str, output_dir: str | os.PathLike, model_id: str = EMBEDDED, *, resume: bool = True,
+                  progress: bool = True, **overrides) -> TrainResult:
+    """The training stage in one call: a shipped persona's conversations (`shipped_splits`:
+    the classifier's reserved slice left out, 10% held out for validation) trained with the
+    preset for `model_id`, into `output_dir`, resuming an interrupted run."""
+    config = preset(model_id, **overrides)
+    splits = shipped_splits(slug, config.validation_fraction, config.seed)
+    return train(config, splits["train"], output_dir, eval_records=splits["validation"], resume=resume,
+                 progress=progress)

@@ -250,3 +250,16 @@ def test_target_logits_loss_and_gradients_equal_the_full_vocabulary_loss(tiny_pa
     n = sum(int((torch.tensor(data.dataset[i]["labels"][1:]) != -100).sum()) for i in range(4))
     halves = trainer.compute_loss(model, dict(batch), num_items_in_batch=2 * n)  # half of a 2-step accumulation
     assert torch.allclose(halves, full / 2, rtol=1e-5)
+
+
+def test_train_persona_trains_the_shipped_split_without_the_classifiers_slice(tiny_path, tmp_path):
+    from persona_lib.metrics import is_reserved
+    from persona_lib.train import shipped_splits, train_persona
+
+    splits = shipped_splits("taskmaster")
+    assert splits["train"] and splits["validation"]
+    assert not any(is_reserved(r["id"]) for part in splits.values() for r in part)
+    assert not {r["id"] for r in splits["train"]} & {r["id"] for r in splits["validation"]}
+    result = train_persona("taskmaster", tmp_path / "adapter", "tiny", max_steps=2, eval_steps=0, progress=False)
+    assert result.manifest["data"]["train_sha256"] == data_hash(splits["train"])
+    assert result.manifest["config"]["model_id"] == "tiny" and result.manifest["steps"] == 2
