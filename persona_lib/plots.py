@@ -115,19 +115,24 @@ def duplicate_similarity_histogram(similarities: Sequence[float], threshold: flo
 
 def loss_curve(log_rows: Sequence[Mapping], *, title: str = "Training loss",
                path: str | os.PathLike | None = None):
-    """Train loss per logged step and validation loss at each evaluation (persona_lib.train's
-    loss log rows: {"step", "loss"} or {"step", "eval_loss"}). A validation curve that turns up
-    while the train loss keeps falling is the model memorising the examples' wording."""
+    """Train loss per logged step (with a 5-step mean) and validation loss at each evaluation
+    (persona_lib.train's loss log rows: {"step", "loss"} or {"step", "eval_loss"}). A validation
+    curve that turns up while the train loss keeps falling is the model memorising the examples'
+    wording. The loss is over assistant tokens only."""
     fig = new_figure()
     ax = fig.add_subplot()
     train = [(r["step"], r["loss"]) for r in log_rows if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in log_rows if "eval_loss" in r]
     if train:
-        ax.plot(*zip(*train), color="tab:blue", linewidth=1.2, label="train (assistant tokens)")
+        steps, losses = zip(*train)
+        ax.plot(steps, losses, color="tab:blue", alpha=0.35, linewidth=1.0, label="train, per step")
+        # Steps differ in their batch's conversations; a 5-step mean shows the trend.
+        mean = [sum(losses[max(0, k - 4):k + 1]) / len(losses[max(0, k - 4):k + 1]) for k in range(len(losses))]
+        ax.plot(steps, mean, color="tab:blue", linewidth=2.0, label="train, 5-step mean")
     if evals:
         ax.plot(*zip(*evals), color="tab:orange", marker="o", label="validation")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy loss")
+    ax.set_ylabel("cross-entropy loss (assistant tokens)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if train or evals:
