@@ -23,3 +23,21 @@ def tiny(tiny_path):
     from persona_lib.models import load_model
 
     return load_model("tiny")
+
+
+@pytest.fixture
+def serve():
+    """Start fault-injecting OpenAI-compatible servers on loopback: `server, url = serve(**FaultConfig fields)`;
+    every server started is stopped after the test."""
+    from fault_server import FaultConfig, FaultServer
+
+    servers = []
+
+    def start(**kw):
+        server = FaultServer(FaultConfig(**kw))
+        servers.append(server)
+        return server, server.start()
+
+    yield start
+    for server in servers:
+        server.stop()

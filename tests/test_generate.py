@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_server import FaultConfig, FaultServer, completion, good_content, item_key
+from fault_server import completion, good_content, item_key
 
 from persona_lib import dataset, generate, llm
 from persona_lib.spec import load_spec
@@ -23,20 +23,6 @@ KEY = "sk-test-SECRET-7f3a9c1e5b2d4068"
 @pytest.fixture(scope="module")
 def spec():
     return load_spec("taskmaster")
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(**kw) -> tuple[FaultServer, str]:
-        server = FaultServer(FaultConfig(**kw))
-        servers.append(server)
-        return server, server.start()
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def fast_config(**kw) -> generate.GenerateConfig:

@@ -9,7 +9,6 @@ import urllib.request
 from dataclasses import asdict
 
 import pytest
-from fault_server import FaultConfig, FaultServer
 
 from persona_lib import llm
 
@@ -17,20 +16,6 @@ KEY = "sk-test-SECRET-0123456789abcdef"
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "minLength": 2, "maxLength": 40}},
           "required": ["answer"], "additionalProperties": False}
 MESSAGES = [{"role": "system", "content": "You answer in JSON."}, {"role": "user", "content": "Say hello."}]
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(**kw) -> tuple[FaultServer, str]:
-        server = FaultServer(FaultConfig(**kw))
-        servers.append(server)
-        return server, server.start()
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 # --------------------------------------------------------------------------- the key
