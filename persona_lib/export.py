@@ -662,7 +662,7 @@ class PersonaAdapters:
 # ----------------------------------------------------------------------------- export parity
 
 
-def hf_greedy_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, batch_size: int = 8,
+def hf_greedy_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, batch_size: int = 32,
                   progress: bool = True) -> tuple[list[list[int]], list[list[int]]]:
     """(prompt ids, greedy reply ids up to the EOS, excluded) for each prompt text, batched
     with left padding like `persona_lib.chat.generate_replies`."""

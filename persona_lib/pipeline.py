@@ -211,7 +211,14 @@ def run(config: RunConfig) -> list[StageResult]:
     def eval_stage(folder: Path) -> dict:
         from persona_lib import evaluate
 
-        with evaluate.choose_judge(config.judge, smoke=config.smoke, max_prompts=config.eval_prompts) as choice:
+        # The 4-minute budget: the full report's prompts, knowledge set and dialogues, shorter.
+        # 160-token replies and five-turn dialogues (EvalConfig's defaults, bench/eval_taskmaster.py)
+        # took 20 minutes here; 120 tokens (about 90 words, TaskMaster's length) and three turns
+        # keep every measure and the drift question.
+        budget = {} if config.smoke else {"max_new_tokens": config.max_new_tokens,
+                                          "knowledge_max_new_tokens": config.max_new_tokens, "drift_turns": 3}
+        with evaluate.choose_judge(config.judge, smoke=config.smoke, max_prompts=config.eval_prompts,
+                                   **budget) as choice:
             print(choice.description)
             report = evaluate.evaluate(spec, None, adapter.folder, folder, choice.config, judge=choice.judge)
         targets = report["targets"]

@@ -80,3 +80,39 @@ def test_interrupted_build_leaves_nothing(tmp_path):
         models._build_atomically(dest, failing)
     assert not dest.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+
+class _EchoModel:
+    """Stands in for a model: 'generates' its whole unpadded prompt again, so each reply says
+    which prompt it was made from, whatever batch the prompt landed in."""
+
+    def __init__(self):
+        self.batches = []
+
+    def generate(self, input_ids, attention_mask, **kwargs):
+        import torch
+
+        self.batches.append(int(attention_mask.sum(dim=1).max()))
+        width = int(attention_mask.sum(dim=1).max())
+        echo = [torch.cat([torch.full((width - int(m.sum()),), kwargs["pad_token_id"]), row[m.bool()]])
+                for row, m in zip(input_ids, attention_mask)]
+        return torch.cat([input_ids, torch.stack(echo)], dim=1)
+
+
+def test_batched_replies_come_back_in_the_callers_order(tiny):
+    """generate_replies cuts batches from the prompts sorted by length, longest first: each
+    reply must still land on its own prompt."""
+    from persona_lib.chat import generate_replies
+
+    tok = tiny[1]
+    texts = ["Hi.", "Plan my whole week, please: gym, two deadlines and a dentist visit on Thursday.",
+             "Add milk.", "What should I do first today, the report or the emails?", "Sort my inbox."]
+    model = _EchoModel()
+    side = tok.padding_side
+    replies = generate_replies(model, tok, [[{"role": "user", "content": t}] for t in texts],
+                               max_new_tokens=3, batch_size=2, progress=False)
+    assert [t in r for t, r in zip(texts, replies)] == [True] * len(texts)
+    assert [sum(t in r for t in texts) for r in replies] == [1] * len(texts)  # "Hi." is in no other prompt
+    assert model.batches == sorted(model.batches, reverse=True)  # longest batch first
+    assert tok.padding_side == side

@@ -97,7 +97,7 @@ def test_resuming_with_another_config_is_refused(tmp_path, tiny_path):
     (ckpt / "checkpoint-2").mkdir()
     (ckpt / "checkpoint-2" / "trainer_state.json").write_text("{}")
     (ckpt / "checkpoint-4").mkdir()  # cut by a kill while saving: no trainer_state.json
-    other = _run_key(TrainConfig.smoke(learning_rate=1e-3), "a", "b")
+    other = _run_key(TrainConfig.smoke(learning_rate=5e-4), "a", "b")
     with pytest.raises(RuntimeError, match="learning_rate"):
         _prepare_checkpoints(ckpt, other, resume=True)
     assert not (ckpt / "checkpoint-4").exists()

@@ -24,14 +24,14 @@ def test_defaults_are_the_style_tuning_defaults():
     c = TrainConfig()
     assert (c.lora_r, c.lora_alpha, c.lora_dropout) == (16, 16, 0.0)
     assert c.target_modules == TARGET_MODULES and len(TARGET_MODULES) == 7
-    assert c.learning_rate == 2e-4 and c.max_seq_length == 512 and c.model_id == "embedded"
+    assert c.learning_rate == 1e-3 and c.max_seq_length == 512 and c.model_id == "embedded"
     assert TrainConfig.cpu() == c
 
 
 def test_presets():
     t4 = TrainConfig.colab_t4()
     assert t4.load_in_4bit and t4.gradient_checkpointing and t4.optim == "adamw_8bit"
-    assert t4.batch_size * t4.gradient_accumulation_steps == 8
+    assert t4.batch_size * t4.gradient_accumulation_steps == 8 and t4.learning_rate == 2e-4
     assert "/" in t4.model_id  # a Hub id
     smoke = TrainConfig.smoke(lora_r=8)
     assert smoke.model_id == "tiny" and smoke.max_steps > 0 and smoke.lora_r == 8
