@@ -42,6 +42,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from persona_lib import io, metrics, paths
+from persona_lib.models import load_tokenizer
 from persona_lib.spec import PersonaSpec, load_spec, system_prompt
 
 SYSTEMS = ("base", "base_prompted", "tuned", "tuned_prompted")
@@ -173,9 +174,7 @@ def load_tuned(base_id: str, adapter_dir: str | os.PathLike):
 
     model, tokenizer = load_chat_model(base_id)
     if (adapter_dir / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+        tokenizer = load_tokenizer(adapter_dir)
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
     return model, tokenizer

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from persona_lib import io
+from persona_lib.models import load_tokenizer
 from persona_lib.paths import cache_dir
 
 # llama_ftype names accepted by `quantize_gguf`, with bits per weight for the disk estimate
@@ -345,7 +346,7 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     """
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     base_dir = model_dir(base) if base else base_model_dir(adapter_dir)
@@ -362,7 +363,7 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                                                      device_map="cuda" if cuda else None)
         model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
         model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
+        load_tokenizer(tokenizer_dir).save_pretrained(tmp)
         if (repaired := _byte_level_tokenizer_json(tmp)) is not None:
             io.atomic_write_text(tmp / "tokenizer.json", json.dumps(repaired, ensure_ascii=False))
         del model
@@ -379,7 +380,7 @@ def random_adapter(out_dir: str | os.PathLike, base: str = "tiny", *, seed: int 
     """
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from persona_lib.models import resolve
 
@@ -393,7 +394,7 @@ def random_adapter(out_dir: str | os.PathLike, base: str = "tiny", *, seed: int 
                 p.normal_(0.0, std)
     with atomic_output(out_dir) as tmp:
         peft_model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(base_path).save_pretrained(tmp)
+        load_tokenizer(base_path).save_pretrained(tmp)
     return Path(out_dir)
 
 
@@ -729,12 +730,12 @@ def export_parity(hf_dir: str | os.PathLike, ggufs: Mapping[str, str | os.PathLi
     """
     import torch
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from persona_lib.metrics import bootstrap_ci, paired_bootstrap
 
     ids = list(ids) if ids is not None else [f"prompt-{i}" for i in range(len(conversations))]
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    tokenizer = load_tokenizer(hf_dir)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True) for c in conversations]
     hf_prompts, hf_ids = hf_greedy_ids(model, tokenizer, texts, max_new_tokens, progress=progress)
@@ -901,8 +902,6 @@ def export(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, config: E
     `spec`: the persona (a PersonaSpec or slug) for the parity prompts and signature phrases;
     default: the slug of the run folder the adapter sits in (<runs>/<slug>/adapter).
     """
-    from transformers import AutoTokenizer
-
     from persona_lib.pipeline import heldout_prompts
     from persona_lib.spec import PersonaSpec, load_spec
 
@@ -944,7 +943,7 @@ def export(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, config: E
                            max_new_tokens=config.max_new_tokens, n_ctx=config.n_ctx, progress=progress)
     io.write_jsonl(out_dir / "parity.jsonl", parity.pop("rows"))
 
-    tokenizer = AutoTokenizer.from_pretrained(merged)
+    tokenizer = load_tokenizer(merged)
     files = {"Modelfile": modelfile(quantized[main_quant].name, tokenizer, temperature=config.temperature,
                                     num_ctx=config.num_ctx, title=f"{spec.name}, merged and quantized ({main_quant})")}
     if config.lora:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from persona_lib import io
-from persona_lib.models import COLAB_DEFAULT, EMBEDDED, TINY
+from persona_lib.models import COLAB_DEFAULT, EMBEDDED, TINY, load_tokenizer
 
 # All attention and MLP projections of Llama-family models (SmolLM2, Llama 3, Qwen, Mistral);
 # Phi-3/4-mini fuse some of them, and match_target_modules maps these names onto theirs.
@@ -490,7 +490,7 @@ def _load_unsloth(config: TrainConfig, path: str):
 def _load_transformers(config: TrainConfig, path: str, precision: str, cuda: bool):
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     # On CPU, bf16 means bf16 base weights (PEFT keeps the LoRA weights in fp32), not autocast.
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -508,7 +508,7 @@ def _load_transformers(config: TrainConfig, path: str, precision: str, cuda: boo
     model = get_peft_model(model, LoraConfig(
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=targets, bias="none", task_type="CAUSAL_LM"))
-    return model, _fix_tokenizer(AutoTokenizer.from_pretrained(path))
+    return model, _fix_tokenizer(load_tokenizer(path))
 
 
 def parameter_counts(model) -> tuple[int, int]:
@@ -983,7 +983,6 @@ def load_adapter(adapter_dir: str | os.PathLike):
     """(model, tokenizer): the base model of a trained adapter folder with the adapter applied,
     and the tokenizer saved with it (the chat template it was trained with)."""
     from peft import PeftModel
-    from transformers import AutoTokenizer
 
     from persona_lib.models import load_chat_model
 
@@ -992,7 +991,7 @@ def load_adapter(adapter_dir: str | os.PathLike):
     model, _ = load_chat_model(manifest["base_model"])
     model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
-    return model, AutoTokenizer.from_pretrained(str(adapter_dir))
+    return model, load_tokenizer(adapter_dir)
 
 
 def preset(model_id: str, **overrides) -> TrainConfig:
