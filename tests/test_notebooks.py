@@ -36,6 +36,12 @@ def test_notebooks_are_built_from_their_sources():
     assert result.returncode == 0, f"run `python scripts/build_notebooks.py`: {result.stdout}"
 
 
+def test_readme_lists_every_notebook_with_its_badge():
+    readme = (ROOT / "README.md").read_text()
+    missing = [nb.name for nb in NOTEBOOKS if colab.badge_markdown(nb.name) not in readme]
+    assert not missing, f"README.md has no Colab badge for {missing}"
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_stripped_and_colab_ready(nb):
     data = json.loads(nb.read_text())
