@@ -35,7 +35,7 @@ class RunConfig:
     judge: str = "none"  # evaluation judge: none (deterministic measures; fits the budget), local, openai, auto
     n_prompts: int = 5  # held-out prompts answered in the "before" picture: a glance, not a benchmark
     max_new_tokens: int = 120  # about 90 words: TaskMaster's replies are short by design
-    eval_prompts: int = 24  # held-out prompts in the evaluation, spread over kinds: fits the 4-minute budget
+    eval_prompts: int = 24  # held-out prompts in the evaluation, spread over kinds (see eval_stage on time)
     smoke: bool = False  # every stage on the tiny model, in seconds
     force: bool = False  # redo finished stages instead of resuming
 
@@ -211,10 +211,11 @@ def run(config: RunConfig) -> list[StageResult]:
     def eval_stage(folder: Path) -> dict:
         from persona_lib import evaluate
 
-        # The 4-minute budget: the full report's prompts, knowledge set and dialogues, shorter.
-        # 160-token replies and five-turn dialogues (EvalConfig's defaults, bench/eval_taskmaster.py)
-        # took 20 minutes here; 120 tokens (about 90 words, TaskMaster's length) and three turns
-        # keep every measure and the drift question.
+        # Toward the 4-minute budget: the full report's measures, shorter. 160-token replies and
+        # five-turn dialogues (EvalConfig's defaults, bench/eval_taskmaster.py) took 1,209 s on 2
+        # idle cores at batch 8; 120 tokens (about 90 words, TaskMaster's length), three turns and
+        # batches of 32 took 690 s on one core beside another job. Still over budget: generation
+        # for four systems is the cost (the long persona prompt doubles a prefill).
         budget = {} if config.smoke else {"max_new_tokens": config.max_new_tokens,
                                           "knowledge_max_new_tokens": config.max_new_tokens, "drift_turns": 3}
         with evaluate.choose_judge(config.judge, smoke=config.smoke, max_prompts=config.eval_prompts,
