@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--persona", default="taskmaster")
     parser.add_argument("--prompts", type=int, default=None, help="held-out prompts to use (default: all)")
     parser.add_argument("--max-new-tokens", type=int, default=120)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=32, help="the batch of chat.generate_replies (its default)")
     parser.add_argument("--system-prompt", action="store_true", help="answer with the persona's system prompt")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice). On a busy shared "
                         "box 1 thread is several times faster than 2: OpenMP threads wait on each other")
