@@ -12,7 +12,7 @@ prompts are listed with both outputs.
     # full run (the embedded SmolLM2-135M, all 49 TaskMaster held-out prompts, ~6 minutes on 2 cores)
     python bench/bench_batched_generation.py
     # reduced run (what ran on the shared 2-core box, where one torch thread beats two)
-    python bench/bench_batched_generation.py --prompts 16 --max-new-tokens 48 --threads 1
+    python bench/bench_batched_generation.py --prompts 24 --max-new-tokens 64 --threads 1
 
 Writes bench/results/batched_generation.json.
 """
