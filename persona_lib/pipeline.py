@@ -214,8 +214,8 @@ def run(config: RunConfig) -> list[StageResult]:
         # Toward the 4-minute budget: the full report's measures, shorter. 160-token replies and
         # five-turn dialogues (EvalConfig's defaults, bench/eval_taskmaster.py) took 1,209 s on 2
         # idle cores at batch 8; 120 tokens (about 90 words, TaskMaster's length), three turns and
-        # batches of 32 took 690 s on one core beside another job. Still over budget: generation
-        # for four systems is the cost (the long persona prompt doubles a prefill).
+        # batches of 32 took 389 s on 2 idle cores. Still over budget: generation for four
+        # systems is the cost (the 255-token persona prompt makes a prompted system ~1.7x slower).
         budget = {} if config.smoke else {"max_new_tokens": config.max_new_tokens,
                                           "knowledge_max_new_tokens": config.max_new_tokens, "drift_turns": 3}
         with evaluate.choose_judge(config.judge, smoke=config.smoke, max_prompts=config.eval_prompts,
