@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default=str(RESULTS / "export.json"))
     args = parser.parse_args(argv)
 
-    from persona_lib import multi
+    from persona_lib import multi, train
     from persona_lib.dataset import load_heldout
 
     load_start = load_average()
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         adapter, training = Path(args.adapter), {"folder": args.adapter, "trained": False, "train_s": None}
     else:
         folder = runs / "taskmaster" / "adapter"
-        training = multi.ensure_adapter(folder, multi.default_train_config(args.model),
+        training = multi.ensure_adapter(folder, train.preset(args.model),
                                         multi.training_records("taskmaster"))
         adapter = folder
     if not multi.usable_adapter(adapter, args.model):

@@ -42,8 +42,8 @@ def generate_replies(
         tokenizer.apply_chat_template(with_system(c, system_prompt), tokenize=False, add_generation_prompt=True)
         for c in conversations
     ]
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     replies: list[str | None] = [None] * len(prompts)
@@ -51,8 +51,7 @@ def generate_replies(
         bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            batch = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
-                              add_special_tokens=False)
+            batch = tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
             with torch.inference_mode():
                 out = model.generate(
                     **batch,

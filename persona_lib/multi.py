@@ -438,19 +438,6 @@ def ensure_adapter(folder: str | os.PathLike, config, records: Sequence[dict], *
     return {"folder": str(folder), "trained": trained, "train_s": manifest.get("timings", {}).get("train_s")}
 
 
-def default_train_config(model_id: str, **overrides):
-    """The TrainConfig preset for `model_id`: smoke for the tiny model, the T4 preset where
-    Unsloth runs (Colab), the CPU default elsewhere."""
-    from persona_lib.models import TINY, unsloth_available
-    from persona_lib.train import TrainConfig
-
-    if model_id == TINY:
-        preset = TrainConfig.smoke
-    else:
-        preset = TrainConfig.colab_t4 if unsloth_available() else TrainConfig.cpu
-    return preset(**{"model_id": model_id, **overrides})
-
-
 # --------------------------------------------------------------------------- the whole lesson as one stage
 
 
@@ -498,8 +485,10 @@ class MultiConfig:
         return cls(**{**preset, **overrides})
 
     def train_config(self):
+        from persona_lib.train import preset
+
         overrides = {"max_steps": self.max_steps} if self.max_steps > 0 else {}
-        return default_train_config(self.model, **overrides)
+        return preset(self.model, **overrides)
 
     def records(self, slug: str) -> list[dict]:
         records = training_records(slug)

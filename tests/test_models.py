@@ -82,7 +82,6 @@ def test_interrupted_build_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-
 class _EchoModel:
     """Stands in for a model: 'generates' its whole unpadded prompt again, so each reply says
     which prompt it was made from, whatever batch the prompt landed in."""
@@ -93,8 +92,8 @@ class _EchoModel:
     def generate(self, input_ids, attention_mask, **kwargs):
         import torch
 
-        self.batches.append(int(attention_mask.sum(dim=1).max()))
         width = int(attention_mask.sum(dim=1).max())
+        self.batches.append(width)
         echo = [torch.cat([torch.full((width - int(m.sum()),), kwargs["pad_token_id"]), row[m.bool()]])
                 for row, m in zip(input_ids, attention_mask)]
         return torch.cat([input_ids, torch.stack(echo)], dim=1)

@@ -86,12 +86,7 @@ print(f"LoRA r={LORA_R} trains {share['trainable']:,} parameters: {100 * share['
 # %%
 from dataclasses import replace
 
-if SMOKE:
-    config = train.TrainConfig.smoke()
-elif models.unsloth_available():
-    config = train.TrainConfig.colab_t4(model_id=model_id)
-else:
-    config = train.TrainConfig.cpu(model_id=model_id)
+config = train.preset(model_id)  # smoke() for the tiny model, colab_t4() where Unsloth runs, else cpu()
 config = replace(config, lora_r=LORA_R, lora_alpha=LORA_R, learning_rate=LEARNING_RATE or config.learning_rate,
                  num_epochs=EPOCHS or config.num_epochs)
 why = train.field_docs()
