@@ -3,8 +3,9 @@
 Trains, from scratch in a fresh run folder, one LoRA adapter per persona (TaskMaster,
 Captain Codebeard, Zen Coder) and one persona-conditioned adapter on the same conversations
 (each with `You are <name>.` as system prompt), all with `TrainConfig.cpu()` on the embedded
-SmolLM2-135M (2 epochs; the conditioned run sees the same examples, so as many optimizer steps
-as the three separate runs together). Then, with all four adapters on one base model:
+SmolLM2-135M (2 epochs, but at least --min-steps updates per persona; the conditioned run sees
+the same examples and trains the separate runs' minimum together, so the designs are compared at
+an equal budget). Then, with all four adapters on one base model:
 
 - persona bleed for both designs: every persona answers the same pooled held-out prompts
   (--prompts-per-persona of each persona), the persona classifier (persona_lib.metrics)
@@ -56,10 +57,14 @@ def timed(fn):
 
 
 def main(argv=None) -> int:
+    from persona_lib import multi  # light: torch and transformers load inside its functions
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded", help="embedded (the benchmark's model) or tiny (plumbing)")
     parser.add_argument("--records-per-persona", type=int, default=0, help="0: every training record")
     parser.add_argument("--max-steps", type=int, default=-1, help="-1: TrainConfig's 2 epochs; >0 caps each run")
+    parser.add_argument("--min-steps", type=int, default=multi.MultiConfig.min_steps,
+                        help="updates per persona at least (0: 2 epochs decide); the conditioned run gets the sum")
     parser.add_argument("--prompts-per-persona", type=int, default=10, help="pooled held-out prompts per persona")
     parser.add_argument("--blend-prompts-per-persona", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=120)
@@ -72,11 +77,11 @@ def main(argv=None) -> int:
 
     import torch
 
-    from persona_lib import multi, plots
+    from persona_lib import plots
     from persona_lib.metrics import train_persona_classifier
 
     config = multi.MultiConfig(model=args.model, records_per_persona=args.records_per_persona,
-                               max_steps=args.max_steps, prompts_per_persona=args.prompts_per_persona,
+                               max_steps=args.max_steps, min_steps=args.min_steps, prompts_per_persona=args.prompts_per_persona,
                                blend_prompts_per_persona=args.blend_prompts_per_persona,
                                max_new_tokens=args.max_new_tokens)
     runs = Path(args.runs or tempfile.mkdtemp(prefix="bench_multi_"))
@@ -91,6 +96,7 @@ def main(argv=None) -> int:
     }
     train_config = config.train_config()
     report["train_config"] = train_config.to_dict()
+    report["conditioned_train_config"] = config.train_config(conditioned=True).to_dict()
 
     # ---- training, each design from scratch
     training = {}
@@ -98,7 +104,8 @@ def main(argv=None) -> int:
         t, wall = timed(lambda: multi.ensure_adapter(multi.adapter_dir(slug, runs), train_config, config.records(slug)))
         training[slug] = {**t, "wall_s": round(wall, 2)}
     mixed = multi.conditioned_records({slug: config.records(slug) for slug in config.personas})
-    t, wall = timed(lambda: multi.ensure_adapter(multi.conditioned_dir(runs), train_config, mixed))
+    t, wall = timed(lambda: multi.ensure_adapter(multi.conditioned_dir(runs), config.train_config(conditioned=True),
+                                                 mixed))
     training[multi.CONDITIONED] = {**t, "wall_s": round(wall, 2)}
     separate_s = sum(training[s]["train_s"] for s in config.personas)
     report["training"] = {

@@ -46,6 +46,7 @@ from persona_lib.models import load_tokenizer
 from persona_lib.spec import PersonaSpec, load_spec, system_prompt
 
 SYSTEMS = ("base", "base_prompted", "tuned", "tuned_prompted")
+HEADLINE = ("base_prompted", "tuned")  # the comparison the persona-consistency target is decided on
 LABELS = {"base": "base", "base_prompted": "base + prompt", "tuned": "tuned",
           "tuned_prompted": "tuned + prompt", "reference": "reference data"}
 KINDS = ("ordinary", "ooc", "multiturn")
@@ -54,6 +55,7 @@ KINDS = ("ordinary", "ooc", "multiturn")
 @dataclass
 class EvalConfig:
     max_prompts: int | None = None  # held-out prompts, spread over kinds; None: all (49 for TaskMaster)
+    systems: tuple[str, ...] = SYSTEMS  # answer the held-out prompts; the targets need only HEADLINE
     max_new_tokens: int = 160  # TaskMaster answers in ~120 words (~160 tokens); less cuts the closing step
     batch_size: int = 32  # left-padded prompts per forward; a decoding step costs about the same for 1 row or 32
     dialogues: int | None = None  # scripted dialogues for the drift test; None: all
@@ -62,7 +64,7 @@ class EvalConfig:
     knowledge_questions: int | None = None  # None: the whole knowledge set (38 questions)
     knowledge_max_new_tokens: int = 200  # answers list facts; room for four or five
     judge_prompts: int = 12  # held-out prompts the judge sees (spread over kinds): 4 rubric + 8 pairwise calls each
-    judge_systems: tuple[str, ...] = SYSTEMS  # systems the judge scores with the rubric
+    judge_systems: tuple[str, ...] | None = None  # systems the judge scores with the rubric; None: all of `systems`
     pairwise_against: tuple[str, ...] = ("base", "base_prompted")  # tuned is compared with these, both orders
     judge_drift: bool = True  # the judge also scores each drift system's reply at the last turn
     n_bootstrap: int = 2000  # interval endpoints settle to ~0.01 beyond this
@@ -80,10 +82,19 @@ class EvalConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.judge_prompts < 0:
             raise ValueError(f"judge_prompts must be 0 or more, got {self.judge_prompts}")
-        for name in ("drift_systems", "judge_systems", "pairwise_against"):
-            unknown = [s for s in getattr(self, name) if s not in SYSTEMS]
+        self.systems = tuple(s for s in SYSTEMS if s in self.systems)  # one order for tables and figures
+        if self.judge_systems is None:
+            self.judge_systems = self.systems
+        for name, allowed in (("systems", SYSTEMS), ("drift_systems", SYSTEMS), ("judge_systems", self.systems),
+                              ("pairwise_against", self.systems)):
+            unknown = [s for s in getattr(self, name) if s not in allowed]
             if unknown:
-                raise ValueError(f"{name}: unknown system(s) {unknown}; choose from {', '.join(SYSTEMS)}")
+                raise ValueError(f"{name}: system(s) {unknown} are not among {', '.join(allowed)}"
+                                 + ("; add them to `systems` or leave them out here" if allowed != SYSTEMS else ""))
+        missing = [s for s in HEADLINE if s not in self.systems]
+        if missing:
+            raise ValueError(f"systems must include {' and '.join(HEADLINE)} (the persona-consistency target "
+                             f"compares them); missing: {', '.join(missing)}")
         self.drift_systems, self.judge_systems = tuple(self.drift_systems), tuple(self.judge_systems)
         self.pairwise_against = tuple(self.pairwise_against)
 
@@ -369,7 +380,8 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
 
     # ---- generation: four systems on the held-out prompts, knowledge for base and tuned, drift
     conversations = [p["messages"] for p in prompts]
-    answers = {s: gen.replies(s, conversations, config.max_new_tokens, "heldout") for s in SYSTEMS}
+    systems = config.systems
+    answers = {s: gen.replies(s, conversations, config.max_new_tokens, "heldout") for s in systems}
     questions = [[{"role": "user", "content": q["question"]}] for q in knowledge]
     knowledge_answers = {s: gen.replies(s, questions, config.knowledge_max_new_tokens, "knowledge")
                          for s in ("base", "tuned")}
@@ -378,16 +390,14 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
     # ---- deterministic measures
     kinds = [p.get("kind", "ordinary") for p in prompts]
     measures = {s: metrics.persona_measures(answers[s], spec, tokenizer=tokenizer, classifier=classifier, **ci)
-                for s in SYSTEMS}
-    by_kind = {s: _by_kind(measures[s]["per_reply"], kinds, ci) for s in SYSTEMS}
+                for s in systems}
+    by_kind = {s: _by_kind(measures[s]["per_reply"], kinds, ci) for s in systems}
     reference = reference_replies(spec.slug)
     ref_div = metrics.reference_diversity(reference, len(prompts), draws=config.reference_draws, seed=config.seed)
-    prob = {s: measures[s]["per_reply"]["persona_probability"] for s in SYSTEMS}
-    paired = {
-        "tuned_vs_base_prompted": metrics.paired_bootstrap(prob["base_prompted"], prob["tuned"], **ci),
-        "tuned_vs_base": metrics.paired_bootstrap(prob["base"], prob["tuned"], **ci),
-        "tuned_prompted_vs_base_prompted": metrics.paired_bootstrap(prob["base_prompted"], prob["tuned_prompted"], **ci),
-    }
+    prob = {s: measures[s]["per_reply"]["persona_probability"] for s in systems}
+    paired = {f"{b}_vs_{a}": metrics.paired_bootstrap(prob[a], prob[b], **ci)
+              for a, b in (("base_prompted", "tuned"), ("base", "tuned"), ("base_prompted", "tuned_prompted"))
+              if a in prob and b in prob}
     base_recall = metrics.knowledge_recall(knowledge, knowledge_answers["base"])
     tuned_recall = metrics.knowledge_recall(knowledge, knowledge_answers["tuned"])
     recall_diff = metrics.recall_difference(base_recall, tuned_recall, **ci)
@@ -399,11 +409,12 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
 
     report = {
         "persona": spec.slug, "name": spec.name, "base_model": base_id, "adapter": str(adapter_dir),
-        "config": asdict(config), "notes": sets["notes"],
+        "config": asdict(config),
+        "notes": sets["notes"] + ([] if config.drift_systems else ["drift not measured (drift_systems is empty)"]),
         "prompts": {"n": len(prompts), "ids": [p["id"] for p in prompts], "kinds": dict(Counter(kinds))},
         "classifier": {"labels": classifier.labels, "heldout": classifier.heldout, "trained_on": classifier.trained_on},
-        "systems": {s: _strip_per_reply(measures[s]) for s in SYSTEMS},
-        "per_reply": {s: measures[s]["per_reply"] for s in SYSTEMS},
+        "systems": {s: _strip_per_reply(measures[s]) for s in systems},
+        "per_reply": {s: measures[s]["per_reply"] for s in systems},
         "by_kind": by_kind,
         "reference_diversity": ref_div,
         "paired": paired,
@@ -452,7 +463,7 @@ def run_judge(judge, second_judge, spec: PersonaSpec, prompts: list[dict], answe
     judged = spread(prompts, config.judge_prompts, config.seed)
     judge.use_cache(out / f"judgments-{_digest(judge.name)[:8]}.jsonl")
     index = {p["id"]: k for k, p in enumerate(prompts)}
-    judged_answers = {s: [answers[s][index[p["id"]]] for p in judged] for s in SYSTEMS}
+    judged_answers = {s: [answers[s][index[p["id"]]] for p in judged] for s in answers}
     verdicts = _judge_rubric(judge, spec, judged, judged_answers, config.judge_systems, config.progress)
     report = {"used": True, "judge": judge.name, "prompts": [p["id"] for p in judged],
               "rubric": _summarise_rubric(spec, verdicts, config),
@@ -635,7 +646,7 @@ def stage(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os.Pa
 
 def _write_outputs(out: Path, spec, report, prompts, answers, knowledge, knowledge_answers, dialogues, drift_replies):
     rows = [{"id": p["id"], "kind": p.get("kind", "ordinary"), "prompt": p["messages"][-1]["content"],
-             **{s: answers[s][k] for s in SYSTEMS}} for k, p in enumerate(prompts)]
+             **{s: answers[s][k] for s in answers}} for k, p in enumerate(prompts)]
     io.write_jsonl(out / "answers.jsonl", rows)
     io.write_jsonl(out / "knowledge_answers.jsonl",
                    [{"id": q["id"], "question": q["question"], "base": knowledge_answers["base"][k],
@@ -656,7 +667,7 @@ def write_figures(folder: Path, spec: PersonaSpec, report: dict) -> dict[str, st
     figs = {}
     measures = {LABELS[s]: {"signature rate": systems[s]["signature_rate"], "generic rate": systems[s]["generic_rate"],
                             "avoided rate": systems[s]["avoided_rate"],
-                            f"P({spec.slug})": systems[s]["persona_probability"]} for s in SYSTEMS}
+                            f"P({spec.slug})": systems[s]["persona_probability"]} for s in systems}
     plots.interval_bars(measures, ylabel="share of replies / probability", ylim=(0, 1),
                         title=f"{spec.name}: deterministic persona measures (95% CI)",
                         path=folder / "persona_measures.png")
@@ -672,10 +683,10 @@ def write_figures(folder: Path, spec: PersonaSpec, report: dict) -> dict[str, st
         plots.win_rate_bars({k.replace("_vs_", " vs ").replace("_", " "): v for k, v in judge["pairwise"].items()},
                             path=folder / "win_rates.png")
         figs["win_rates"] = "figures/win_rates.png"
-    lengths = {LABELS[s]: report["per_reply"][s]["words"] for s in SYSTEMS}
+    lengths = {LABELS[s]: report["per_reply"][s]["words"] for s in systems}
     plots.length_boxplot(lengths, unit="words", path=folder / "lengths.png")
     figs["lengths"] = "figures/lengths.png"
-    plots.persona_probability_heatmap({LABELS[s]: systems[s]["persona_distribution"] for s in SYSTEMS},
+    plots.persona_probability_heatmap({LABELS[s]: systems[s]["persona_distribution"] for s in systems},
                                       path=folder / "persona_probabilities.png")
     figs["persona_probabilities"] = "figures/persona_probabilities.png"
     if report["drift"]:

@@ -37,7 +37,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -74,6 +74,7 @@ class TrainConfig:
     learning_rate: float = 1e-3  # measured best for the 135M model in 2 epochs; the T4 preset keeps LoRA's usual 2e-4
     num_epochs: float = 2.0  # passes over the data: a voice is learnt in 1-3; more memorises the examples' wording
     max_steps: int = -1  # >0 stops after that many optimizer steps (smoke runs, benchmarks)
+    min_steps: int = 0  # >0: a small dataset trains this many steps instead of its few epochs (see `train`)
     batch_size: int = 4  # conversations per forward pass; on CPU 4 of similar length keep the matmuls large
     gradient_accumulation_steps: int = 2  # passes summed per update: effective batch 8, smooth enough on small data
     warmup_ratio: float = 0.05  # share of steps with a rising learning rate: small first updates of fresh LoRA weights
@@ -112,6 +113,7 @@ class TrainConfig:
         need(0 < self.learning_rate <= 0.1, "learning_rate", "use a value in (0, 0.1]; LoRA usually 1e-4 to 5e-4")
         need(self.num_epochs > 0, "num_epochs", "use a positive number of epochs (1-3 for style)")
         need(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "use -1 (train num_epochs) or a positive count")
+        need(self.min_steps >= 0, "min_steps", "use 0 (epochs decide) or a positive step count")
         need(self.batch_size >= 1, "batch_size", "use at least 1")
         need(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "use at least 1")
         need(0 <= self.warmup_ratio < 1, "warmup_ratio", "use a fraction in [0, 1), e.g. 0.05")
@@ -896,12 +898,21 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
               f"at the end ({train_data.dropped} lost every assistant token and were dropped)")
     t_data = time.perf_counter()
 
+    steps_per_epoch = math.ceil(math.ceil(train_data.examples / config.batch_size) / config.gradient_accumulation_steps)
+    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_epochs)
+    if config.max_steps < 0 and total_steps < config.min_steps:
+        # The learning rate is tuned per update, and a voice needs a number of updates, not of
+        # passes: 2 epochs of Captain Codebeard's 105 conversations are 26 updates, and its
+        # adapter hardly spoke pirate (bench/bench_multi.py). A step count keeps the schedule
+        # (warm-up, linear decay) whole; the run ends mid-epoch.
+        print(f"{train_data.examples} conversations make {total_steps} updates in {config.num_epochs:g} epochs; "
+              f"training min_steps={config.min_steps} ({config.min_steps / steps_per_epoch:.1f} epochs) instead")
+        total_steps = config.min_steps
+        config = replace(config, max_steps=total_steps)
     args = sft_config(config, output_dir / "checkpoints", precision=precision, cuda=cuda,
                       has_eval=eval_data is not None, backend=backend)
     trainer = build_trainer(config, model, tokenizer, args, train_data.dataset,
                             eval_data.dataset if eval_data else None, backend=backend)
-    steps_per_epoch = math.ceil(math.ceil(train_data.examples / config.batch_size) / config.gradient_accumulation_steps)
-    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_epochs)
     for callback in _callbacks(output_dir, total_steps, progress):
         trainer.add_callback(callback)
 

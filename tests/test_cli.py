@@ -33,7 +33,11 @@ def test_every_stage_ran_and_wrote_its_artifacts(smoke_run):
     assert (smoke_run / "adapter" / "adapter_config.json").is_file()
     assert (smoke_run / "adapter" / "loss_curve.png").stat().st_size > 5000
     report = io.read_json(smoke_run / "eval" / "report.json")
-    assert set(report["systems"]) >= {"base", "base_prompted", "tuned", "tuned_prompted"}
+    assert list(report["systems"]) == ["base_prompted", "tuned"]  # the quick eval: the targets' two systems
+    assert report["drift"] == {} and "drift not measured (drift_systems is empty)" in report["notes"]
+    assert set(report["paired"]) == {"tuned_vs_base_prompted"} and report["targets"]["persona_consistency"]["n"] == 4
+    rows = io.read_jsonl(smoke_run / "eval" / "answers.jsonl")
+    assert all(set(r) == {"id", "kind", "prompt", "base_prompted", "tuned"} for r in rows)
     assert (smoke_run / "export" / "taskmaster.Q4_K_M.gguf").stat().st_size > 1_000_000
     chat = io.read_jsonl(smoke_run / "chat" / "chat.jsonl")
     assert chat and all(r["eos_is_end_of_turn"] and r["forced_end_of_turn_stops"] for r in chat)

@@ -54,6 +54,13 @@ def test_config_is_validated_and_presets_fit_their_budgets():
         ev.EvalConfig(judge_systems=("tuned", "finetuned"))
     with pytest.raises(ValueError, match="max_prompts"):
         ev.EvalConfig(max_prompts=0)
+    with pytest.raises(ValueError, match="must include base_prompted and tuned"):
+        ev.EvalConfig(systems=("base", "tuned"), pairwise_against=("base",))
+    with pytest.raises(ValueError, match="add them to `systems`"):
+        ev.EvalConfig(systems=ev.HEADLINE)  # the default pairwise comparison needs base
+    quick = ev.EvalConfig(systems=("tuned", "base_prompted"), pairwise_against=("base_prompted",))
+    assert quick.systems == ev.HEADLINE and quick.judge_systems == ev.HEADLINE  # SYSTEMS order; judge follows
+    assert ev.EvalConfig().judge_systems == ev.SYSTEMS
     smoke = ev.EvalConfig.smoke()
     assert smoke.judge_prompts * len(smoke.judge_systems) <= JudgeConfig.smoke().max_calls
     assert smoke.pairwise_against == () and ev.EvalConfig.local_judge().pairwise_against == ("base_prompted",)

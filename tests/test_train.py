@@ -263,3 +263,20 @@ def test_train_persona_trains_the_shipped_split_without_the_classifiers_slice(ti
     result = train_persona("taskmaster", tmp_path / "adapter", "tiny", max_steps=2, eval_steps=0, progress=False)
     assert result.manifest["data"]["train_sha256"] == data_hash(splits["train"])
     assert result.manifest["config"]["model_id"] == "tiny" and result.manifest["steps"] == 2
+
+
+def test_min_steps_trains_a_small_dataset_for_that_many_updates(tiny_path, tmp_path, capsys):
+    """4 conversations at batch 2 make 2 updates an epoch: with min_steps=5 the run takes 5
+    updates (2.5 epochs); a dataset that already makes enough updates is left to its epochs."""
+    records = load_shipped("taskmaster")[:4]
+    config = TrainConfig.smoke(max_steps=-1, num_epochs=1.0, min_steps=5, batch_size=2, gradient_accumulation_steps=1,
+                               eval_steps=0)
+    result = train(config, records, tmp_path / "small", eval_records=[], progress=False)
+    assert result.manifest["steps"] == 5 and result.manifest["epochs"] == pytest.approx(2.5)
+    assert "min_steps=5 (2.5 epochs)" in capsys.readouterr().out
+    enough = train(TrainConfig.smoke(max_steps=-1, num_epochs=1.0, min_steps=2, batch_size=2,
+                                     gradient_accumulation_steps=1, eval_steps=0),
+                   records, tmp_path / "enough", eval_records=[], progress=False)
+    assert enough.manifest["steps"] == 2
+    with pytest.raises(ValueError, match="min_steps"):
+        TrainConfig(min_steps=-1)
