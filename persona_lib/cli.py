@@ -34,12 +34,34 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{r.name:<10} {r.seconds:>8.1f}  {'resumed' if r.skipped else 'ran':<7}  {_short(r.summary)}")
     print(f"total {total:.1f} s (this invocation)")
     by_name = {r.name: r for r in results}
+    print("\n" + "\n".join(target_lines(by_name["eval"].folder / "report.json")))
     print(f"\nrun folder:     {by_name['spec'].folder.parent}")
     print(f"before tuning:  {by_name['baseline'].folder / 'answers.md'}")
     print(f"loss curve:     {by_name['adapter'].folder / 'loss_curve.png'}")
     print(f"evaluation:     {by_name['eval'].folder / 'summary.md'} (figures in {by_name['eval'].folder / 'figures'})")
     print(f"GGUF:           {by_name['chat'].summary['gguf']}")
     return 0
+
+
+def target_lines(report_path) -> list[str]:
+    """The evaluation's three targets, one line each, from its report.json."""
+    from persona_lib.io import read_json
+
+    t = read_json(report_path)["targets"]
+
+    def interval(x: dict, unit: str = "") -> str:
+        if x.get("diff") is None:
+            return "n/a"
+        return f"{x['diff']:+.2f}{unit} [{x['low']:.2f}, {x['high']:.2f}]"
+
+    pc, kn, dv = t["persona_consistency"], t["knowledge"], t["diversity"]
+    rows = [("persona consistency", interval(pc), pc["met"],
+             f"{pc['measure']}, tuned (no prompt) - base + prompt; met when the low end is 0 or more"),
+            ("knowledge", interval(kn, " pp"), kn["met"], "recall, tuned - base; met when the low end is -2 pp or more"),
+            ("diversity", "n/a" if dv["ratio"] is None else f"{dv['ratio']:.2f}", dv["met"],
+             "distinct-2, tuned / reference; met within 0.90-1.10")]
+    return ["target               value                    met      measure"] + [
+        f"{name:<20} {value:<24} {'yes' if met else 'no':<8} {what}" for name, value, met, what in rows]
 
 
 def _short(summary: dict) -> str:

@@ -47,6 +47,8 @@ def test_rerun_resumes_every_stage(smoke_run, capsys):
     assert main(["run", "--smoke", "--runs-root", str(smoke_run.parent)]) == 0
     out = capsys.readouterr().out
     assert out.count("already done") == len(STAGES)
+    assert [line.split()[0] for line in out.splitlines() if line.split()[:1] in (["persona"], ["knowledge"], ["diversity"])
+            and ("yes" in line.split() or "no" in line.split())] == ["persona", "knowledge", "diversity"]
     assert "taskmaster.Q4_K_M.gguf" in out
 
 
