@@ -902,7 +902,7 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_epochs)
     if config.max_steps < 0 and total_steps < config.min_steps:
         # The learning rate is tuned per update, and a voice needs a number of updates, not of
-        # passes: 2 epochs of Captain Codebeard's 105 conversations are 26 updates, and its
+        # passes: 2 epochs of Captain Codebeard's 100 training conversations are 26 updates, and its
         # adapter hardly spoke pirate (bench/bench_multi.py). A step count keeps the schedule
         # (warm-up, linear decay) whole; the run ends mid-epoch.
         print(f"{train_data.examples} conversations make {total_steps} updates in {config.num_epochs:g} epochs; "

@@ -59,6 +59,12 @@ print(f"model: {model_id}\nrun folder: {runs_root}\nthis lesson writes to: {out}
 # Both designs train on the same shipped conversations, minus a slice the persona classifier
 # keeps for itself (it must not grade replies learnt from its own training text). If lesson 4's
 # TaskMaster adapter is reused, it may also have seen the data you generated in lesson 3.
+#
+# A voice is learnt in optimizer updates, not in passes over the data. Two epochs of Captain
+# Codebeard's 100 training conversations are only 26 updates (TaskMaster's 170 make 44), and
+# with 26 its adapter hardly spoke pirate. So every persona trains at least
+# `config.min_steps` updates (60: 4.6 epochs for Codebeard, 2.7 for TaskMaster), and the conditioned adapter
+# gets the three minimums together, so that the two designs are compared at an equal budget.
 
 # %%
 train_config = config.train_config()
@@ -82,7 +88,9 @@ for record in mixed[:2]:
     print()
 
 # %%
-training[multi.CONDITIONED] = multi.ensure_adapter(multi.conditioned_dir(runs_root), train_config, mixed)
+conditioned_config = config.train_config(conditioned=True)
+print(f"conditioned adapter: at least {conditioned_config.min_steps} updates, the separate runs' minimum together")
+training[multi.CONDITIONED] = multi.ensure_adapter(multi.conditioned_dir(runs_root), conditioned_config, mixed)
 adapters[multi.CONDITIONED] = training[multi.CONDITIONED]["folder"]
 t = training[multi.CONDITIONED]
 print(f"conditioned adapter: {'trained' if t['trained'] else 'reused'}, {t['train_s']:.0f} s of training; "
