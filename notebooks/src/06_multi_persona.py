@@ -281,8 +281,8 @@ print(f"saved to {out}")
 # `bleed.png` decide: if the conditioned diagonal is within a few points of the separate one,
 # ship the single file; if it bleeds, keep adapters per persona. The project's full run on the
 # embedded model (`bench/bench_multi.py`, `bench/results/multi.json`) found the conditioned
-# adapter bleeding: diagonals 0.47, 0.20, 0.53 against 0.77, 0.40, 0.70 for separate adapters
-# (TaskMaster, Codebeard, Zen Coder), for the same training time. At scale, both serve from one
+# adapter bleeding: diagonals 0.43, 0.33, 0.53 against 0.87, 0.63, 0.80 for separate adapters
+# (TaskMaster, Codebeard, Zen Coder), at the same number of updates and about the same time. At scale, both serve from one
 # process: vLLM and llama.cpp load many LoRA adapters on one base and pick one per request.
 #
 # **Success criterion met:** *Switch between several personas in one model.* **Skill updated:**
