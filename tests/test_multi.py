@@ -311,6 +311,11 @@ def test_multi_config_checks_its_fields():
                           max_steps=0, combination="mean")
     for field in ("personas", "blend_pair", "prompts_per_persona", "max_steps", "combination"):
         assert field in str(err.value)
+    with pytest.raises(ValueError, match="min_steps"):
+        multi.MultiConfig(min_steps=-1)
+    full = multi.MultiConfig(personas=("taskmaster", "zen_coder"), blend_pair=("taskmaster", "zen_coder"))
+    assert (full.train_config().min_steps, full.train_config().max_steps) == (60, -1)
+    assert full.train_config(conditioned=True).min_steps == 120  # the separate runs' minimum together
     smoke = multi.MultiConfig.smoke()
     assert smoke.model == "tiny" and smoke.train_config().max_steps == 1
     assert len(smoke.records("taskmaster")) == 4
