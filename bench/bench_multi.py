@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     }
     train_config = config.train_config()
     report["train_config"] = train_config.to_dict()
-    report["conditioned_train_config"] = config.train_config(conditioned=True).to_dict()
+    conditioned_config = config.train_config(conditioned=True)
+    report["conditioned_train_config"] = conditioned_config.to_dict()
 
     # ---- training, each design from scratch
     training = {}
@@ -104,8 +105,7 @@ def main(argv=None) -> int:
         t, wall = timed(lambda: multi.ensure_adapter(multi.adapter_dir(slug, runs), train_config, config.records(slug)))
         training[slug] = {**t, "wall_s": round(wall, 2)}
     mixed = multi.conditioned_records({slug: config.records(slug) for slug in config.personas})
-    t, wall = timed(lambda: multi.ensure_adapter(multi.conditioned_dir(runs), config.train_config(conditioned=True),
-                                                 mixed))
+    t, wall = timed(lambda: multi.ensure_adapter(multi.conditioned_dir(runs), conditioned_config, mixed))
     training[multi.CONDITIONED] = {**t, "wall_s": round(wall, 2)}
     separate_s = sum(training[s]["train_s"] for s in config.personas)
     report["training"] = {

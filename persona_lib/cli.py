@@ -55,12 +55,11 @@ def target_lines(report_path) -> list[str]:
         return f"{x['diff']:+.2f}{unit} [{x['low']:.2f}, {x['high']:.2f}]"
 
     pc, kn, dv = t["persona_consistency"], t["knowledge"], t["diversity"]
-    rows = [("persona consistency", interval(pc), pc["met"],
-             f"{pc['measure']}, tuned (no prompt) - base + prompt; met when the low end is 0 or more"),
-            ("knowledge", interval(kn, " pp"), kn["met"], "recall, tuned - base; met when the low end is -2 pp or more"),
-            ("diversity", "n/a" if dv["ratio"] is None else f"{dv['ratio']:.2f}", dv["met"],
-             "distinct-2, tuned / reference; met within 0.90-1.10")]
-    return ["target               value                    met      measure"] + [
+    # Each target's own question (evaluate.decide_targets) says what meeting it means.
+    rows = [("persona consistency", interval(pc), pc["met"], f"{pc['question']} ({pc['measure']})"),
+            ("knowledge", interval(kn, " pp"), kn["met"], kn["question"]),
+            ("diversity", "n/a" if dv["ratio"] is None else f"{dv['ratio']:.2f}", dv["met"], dv["question"])]
+    return ["target               value                    met      question"] + [
         f"{name:<20} {value:<24} {'yes' if met else 'no':<8} {what}" for name, value, met, what in rows]
 
 
