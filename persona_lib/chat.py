@@ -13,6 +13,29 @@ def with_system(messages: Sequence[Message], system_prompt: str | None) -> list[
     return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + rest
 
 
+def cache_kwargs(model, prompt_len: int, max_new_tokens: int) -> dict:
+    """`generate` keyword arguments for the key/value cache: a static cache made for this call
+    on a CPU when the (padded) prompt is at least as long as the reply; the default otherwise.
+
+    The default dynamic cache grows by `torch.cat` at every step, copying the batch's keys and
+    values each time; a static cache is written in place but attends over all its positions
+    from the first step. A long prompt makes the copy the larger cost, a short one the wasted
+    attention. Measured side by side on 2 cores, 120 new tokens, batches of 24 and 38, the same
+    replies either way: 24 held-out prompts behind TaskMaster's 280-token system prompt 82 s
+    dynamic, 48 s static; the same prompts without it (about 40 tokens) 30.5 s dynamic, 34.6 s
+    static. The cache is sized for this batch because `cache_implementation="static"` sizes it
+    for the longest call the model has seen, and after one long-prompt call the short ones ran
+    3.5x slower. On a GPU, transformers would compile the model for a static cache (minutes on
+    a T4, and Unsloth has its own fast path), so CUDA keeps the default.
+    """
+    if getattr(getattr(model, "device", None), "type", None) != "cpu" or prompt_len < max_new_tokens:
+        return {}  # a GPU (or a stand-in model without a device), or a short prompt
+    from transformers import StaticCache
+
+    return {"past_key_values": StaticCache(config=model.config.get_text_config(decoder=True),
+                                           max_cache_len=prompt_len + max_new_tokens)}
+
+
 def generate_replies(
     model,
     tokenizer,
@@ -59,6 +82,7 @@ def generate_replies(
                     do_sample=False,
                     eos_token_id=tokenizer.eos_token_id,
                     pad_token_id=tokenizer.pad_token_id,
+                    **cache_kwargs(model, batch["input_ids"].shape[1], max_new_tokens),
                 )
             new = out[:, batch["input_ids"].shape[1] :]
             for i, text in zip(rows, tokenizer.batch_decode(new, skip_special_tokens=True)):
