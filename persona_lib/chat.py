@@ -20,20 +20,28 @@ def cache_kwargs(model, prompt_len: int, max_new_tokens: int) -> dict:
     The default dynamic cache grows by `torch.cat` at every step, copying the batch's keys and
     values each time; a static cache is written in place but attends over all its positions
     from the first step. A long prompt makes the copy the larger cost, a short one the wasted
-    attention. Measured side by side on 2 cores, 120 new tokens, batches of 24 and 38, the same
-    replies either way: 24 held-out prompts behind TaskMaster's 280-token system prompt 82 s
-    dynamic, 48 s static; the same prompts without it (about 40 tokens) 30.5 s dynamic, 34.6 s
-    static. The cache is sized for this batch because `cache_implementation="static"` sizes it
-    for the longest call the model has seen, and after one long-prompt call the short ones ran
-    3.5x slower. On a GPU, transformers would compile the model for a static cache (minutes on
-    a T4, and Unsloth has its own fast path), so CUDA keeps the default.
+    attention. Side by side on 2 cores (24 TaskMaster prompts, 120 new tokens, the same replies
+    either way; `bench/bench_kv_cache.py --rounds 3`, results/kv_cache.json): without the
+    system prompt (about 60 tokens) static was slower in 2 of 3 rounds, medians 29.0 s dynamic
+    against 30.8 s static; behind the 300-token system prompt static won 2 of 3, medians 62.5 s
+    against 60.8 s, in rounds from 55 s to 97 s. On this shared host the noise is larger than
+    the difference, so the rule rests on the cost model above more than on these figures.
+    The cache is sized for this batch because `cache_implementation="static"` sizes it for the
+    longest call the model has seen, after which short prompts ran 3.5x slower. On a GPU,
+    transformers would compile the model for a static cache (minutes on a T4, and Unsloth has
+    its own fast path), so CUDA keeps the default.
     """
     if getattr(getattr(model, "device", None), "type", None) != "cpu" or prompt_len < max_new_tokens:
         return {}  # a GPU (or a stand-in model without a device), or a short prompt
+    return static_cache(model, prompt_len + max_new_tokens)
+
+
+def static_cache(model, max_cache_len: int) -> dict:
+    """`generate` keyword arguments for a fresh static key/value cache of `max_cache_len` positions."""
     from transformers import StaticCache
 
     return {"past_key_values": StaticCache(config=model.config.get_text_config(decoder=True),
-                                           max_cache_len=prompt_len + max_new_tokens)}
+                                           max_cache_len=max_cache_len)}
 
 
 def generate_replies(
