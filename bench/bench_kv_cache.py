@@ -3,13 +3,13 @@
 `chat.generate_replies` (and export's parity check) pass `chat.cache_kwargs`: on a CPU, a
 static cache made for the call when the padded prompt is at least as long as the reply, the
 default dynamic cache otherwise. This measures both caches on both kinds of prompt, so the
-rule can be checked: the held-out prompts with the persona's system prompt (about 280 tokens
-for TaskMaster: the baseline's and the quick eval's "base + prompt") and without it (about 40
+rule can be checked: the held-out prompts with the persona's system prompt (285-313 tokens
+for TaskMaster: the baseline's and the quick eval's "base + prompt") and without it (46-74
 tokens: "tuned" and the knowledge questions). Each cell alternates dynamic and static
 `--rounds` times in the same process on the same model (the host's speed drifts during the
 day; alternating keeps a drift from landing on one side), and checks the replies are equal.
 
-    python bench/bench_kv_cache.py              # 24 prompts x 120 tokens, 2 rounds: about 7 minutes on 2 cores
+    python bench/bench_kv_cache.py              # 24 prompts x 120 tokens, 3 rounds: about 10 minutes on 2 cores
 
 Writes bench/results/kv_cache.json.
 """
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=24, help="held-out prompts (the quick eval's 24)")
     parser.add_argument("--max-new-tokens", type=int, default=120)
     parser.add_argument("--batch-size", type=int, default=48, help="the quick eval's batch")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "kv_cache.json"))
     args = parser.parse_args(argv)
 
@@ -62,16 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
         seconds: dict[str, list[float]] = {"dynamic": [], "static": []}
         replies = {}
-        for _ in range(args.rounds):
-            for kind in ("dynamic", "static"):
-                chat.cache_kwargs = forced[kind]
-                start = time.perf_counter()
-                replies[kind] = chat.generate_replies(model, tokenizer, conversations, system_prompt=sp,
-                                                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                                      progress=False)
-                seconds[kind].append(time.perf_counter() - start)
-                print(f"{name:<22} {kind:<8} {seconds[kind][-1]:6.1f} s", flush=True)
-        chat.cache_kwargs = rule
+        try:
+            for _ in range(args.rounds):
+                for kind in ("dynamic", "static"):
+                    chat.cache_kwargs = forced[kind]
+                    start = time.perf_counter()
+                    replies[kind] = chat.generate_replies(model, tokenizer, conversations, system_prompt=sp,
+                                                          max_new_tokens=args.max_new_tokens,
+                                                          batch_size=args.batch_size, progress=False)
+                    seconds[kind].append(time.perf_counter() - start)
+                    print(f"{name:<22} {kind:<8} {seconds[kind][-1]:6.1f} s", flush=True)
+        finally:
+            chat.cache_kwargs = rule
         median = {k: statistics.median(v) for k, v in seconds.items()}
         rule_picks = "static" if rule(model, max(lengths), args.max_new_tokens) else "dynamic"
         cells[name] = {
