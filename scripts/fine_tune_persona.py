@@ -8,6 +8,10 @@
     python scripts/fine_tune_persona.py --dataset_path persona_data/taskmaster.jsonl \\
         --persona_name taskmaster --config my_run.yaml --num_epochs 3 --resume
 
+The second example is the chapter's: zen_coder_full.jsonl stands for your own file of shipped
+plus generated conversations (lesson 3 writes it as runs/<persona>/data/merged.jsonl); the
+shipped one is persona_data/zen_coder.jsonl.
+
 The dataset is filtered to the records of --persona_name and tokenized with the model's chat
 template (loss on the assistant turns only, end-of-turn token included). The adapter and
 tokenizer land in <output_dir>/<persona_name>_final_adapter, with the loss log, loss curve
@@ -104,8 +108,15 @@ def load_dataset_records(path: str, persona: str) -> list[dict]:
     if local.is_file():
         return load_records(local, persona=persona)
     if local.suffix in (".jsonl", ".json"):
-        raise SystemExit(f"{path}: no such file. Give a local JSONL file (e.g. persona_data/taskmaster.jsonl) "
-                         "or a Hugging Face dataset id (owner/name).")
+        from persona_lib.paths import data_dir
+
+        # The chapter's second example names zen_coder_full.jsonl, the learner's own shipped + generated
+        # file (lesson 3's merged.jsonl); point at the shipped conversations when that file is not there.
+        shipped = data_dir() / f"{persona}.jsonl"
+        hint = (f"persona_data/{persona}.jsonl holds the shipped {persona} conversations"
+                if shipped.is_file() else "e.g. persona_data/taskmaster.jsonl")
+        raise SystemExit(f"{path}: no such file. Give a local JSONL file ({hint}), lesson 3's "
+                         "runs/<persona>/data/merged.jsonl, or a Hugging Face dataset id (owner/name).")
     import datasets
 
     rows = datasets.load_dataset(path, split="train")

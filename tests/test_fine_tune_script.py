@@ -76,6 +76,7 @@ def test_a_missing_dataset_file_is_named(tmp_path):
     result = run_script("--dataset_path", str(tmp_path / "nope.jsonl"), "--persona_name", "taskmaster",
                         "--model_id", "tiny", cwd=tmp_path)
     assert result.returncode != 0 and "nope.jsonl: no such file" in result.stderr
+    assert "persona_data/taskmaster.jsonl holds the shipped taskmaster conversations" in result.stderr
 
 
 def test_trains_one_persona_of_a_mixed_file_end_to_end(tmp_path, tiny_path):
