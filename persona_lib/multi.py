@@ -490,7 +490,7 @@ class MultiConfig:
     def train_config(self, conditioned: bool = False):
         """The TrainConfig of one persona's adapter, or (`conditioned`) of the conditioned one.
 
-        Each persona gets at least `min_steps` updates: at 2 epochs, Codebeard's 137
+        Each persona gets at least `min_steps` updates: at 2 epochs, Codebeard's first 137
         conversations (100 to train on after the classifier's slice and validation) made 26
         updates against TaskMaster's 44, and its adapter reached 0.40 on the bleed diagonal.
         The conditioned adapter sees every persona's data, so it gets the separate runs'

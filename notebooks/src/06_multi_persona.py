@@ -60,11 +60,12 @@ print(f"model: {model_id}\nrun folder: {runs_root}\nthis lesson writes to: {out}
 # keeps for itself (it must not grade replies learnt from its own training text). If lesson 4's
 # TaskMaster adapter is reused, it may also have seen the data you generated in lesson 3.
 #
-# A voice is learnt in optimizer updates, not in passes over the data. Two epochs of Captain
-# Codebeard's 100 training conversations are only 26 updates (TaskMaster's 170 make 44), and
-# with 26 its adapter hardly spoke pirate. So every persona trains at least
-# `config.min_steps` updates (60: 4.6 epochs for Codebeard, 2.7 for TaskMaster), and the conditioned adapter
-# gets the three minimums together, so that the two designs are compared at an equal budget.
+# A voice is learnt in optimizer updates, not in passes over the data. When Captain Codebeard
+# had 100 training conversations, two epochs were only 26 updates (TaskMaster's 170 make 44),
+# and with 26 its adapter hardly spoke pirate. So every persona trains at least
+# `config.min_steps` updates (60: 2.6 epochs for Codebeard's 181 conversations today, 2.7 for
+# TaskMaster), and the conditioned adapter gets the three minimums together, so that the two
+# designs are compared at an equal budget.
 
 # %%
 train_config = config.train_config()
@@ -281,8 +282,9 @@ print(f"saved to {out}")
 # `bleed.png` decide: if the conditioned diagonal is within a few points of the separate one,
 # ship the single file; if it bleeds, keep adapters per persona. The project's full run on the
 # embedded model (`bench/bench_multi.py`, `bench/results/multi.json`) found the conditioned
-# adapter bleeding: diagonals 0.43, 0.33, 0.53 against 0.87, 0.63, 0.80 for separate adapters
-# (TaskMaster, Codebeard, Zen Coder), at the same number of updates and about the same time. At scale, both serve from one
+# adapter bleeding: diagonals 0.40, 0.47, 0.50 against 0.83, 0.67, 0.77 for separate adapters
+# (TaskMaster, Codebeard, Zen Coder; the classifier's ceiling is 1.00, 0.96, 0.66), at the
+# same number of updates and about the same time. At scale, both serve from one
 # process: vLLM and llama.cpp load many LoRA adapters on one base and pick one per request.
 #
 # **Success criterion met:** *Switch between several personas in one model.* **Skill updated:**
