@@ -65,7 +65,10 @@ print(f"model: {model_id}\nrun folder: {runs_root}\nthis lesson writes to: {out}
 # and with 26 its adapter hardly spoke pirate. So every persona trains at least
 # `config.min_steps` updates (60: 2.6 epochs for Codebeard's 181 conversations today, 2.7 for
 # TaskMaster), and the conditioned adapter gets the three minimums together, so that the two
-# designs are compared at an equal budget.
+# designs are compared at an equal budget. A voice far from the base model's needs more:
+# `bench/bench_updates.py` measured Codebeard's bleed diagonal at 0.67 after 60 updates and
+# 0.80 after 120, though its validation loss had stopped falling. If your bleed matrix shows a
+# weak voice, pass `min_steps=120` to `MultiConfig` above and retrain.
 
 # %%
 train_config = config.train_config()
