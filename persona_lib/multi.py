@@ -423,10 +423,13 @@ def ensure_adapter(folder: str | os.PathLike, config, records: Sequence[dict], *
     `config.model_id` is already there (lesson 4's TaskMaster adapter, an earlier run of this
     lesson). An interrupted training resumes from its last checkpoint.
 
-    Returns {"folder", "trained" (False: reused), "train_s" (from the adapter's manifest)}.
+    Returns {"folder", "trained" (False: reused), "train_s" (from the adapter's manifest),
+    "same_data" (whether the adapter was trained on exactly `records`)}. A reused adapter
+    trained on other conversations is kept, because lesson 4's adapter may have seen generated
+    data, but it is reported with a warning: after editing the data, delete the folder to retrain.
     """
     from persona_lib.io import read_json
-    from persona_lib.train import train
+    from persona_lib.train import data_hash, split_for_validation, train
 
     folder = Path(folder)
     if usable_adapter(folder, config.model_id) and (folder / "manifest.json").is_file():
@@ -435,7 +438,14 @@ def ensure_adapter(folder: str | os.PathLike, config, records: Sequence[dict], *
         train(config, records, folder, resume=(folder / "checkpoints").is_dir(), progress=progress)
         trained = True
     manifest = read_json(folder / "manifest.json") if (folder / "manifest.json").is_file() else {}
-    return {"folder": str(folder), "trained": trained, "train_s": manifest.get("timings", {}).get("train_s")}
+    # train() splits `records` the same way when no validation set is given, so the hashes compare.
+    expected = data_hash(split_for_validation(records, config.validation_fraction, config.seed)[0])
+    same_data = manifest.get("data", {}).get("train_sha256") == expected
+    if not trained and not same_data:
+        print(f"warning: reusing {folder}, which was trained on other conversations than these "
+              f"{len(records)}; delete the folder to retrain on them")
+    return {"folder": str(folder), "trained": trained, "train_s": manifest.get("timings", {}).get("train_s"),
+            "same_data": same_data}
 
 
 # --------------------------------------------------------------------------- the whole lesson as one stage

@@ -302,7 +302,21 @@ def test_ensure_adapter_trains_once_then_reuses(tmp_path, adapters):
     assert multi.usable_adapter(tmp_path / "zen", "tiny")
     again = multi.ensure_adapter(tmp_path / "zen", config, records, progress=False)
     assert not again["trained"] and again["train_s"] == first["train_s"]
+    assert first["same_data"] and again["same_data"]
     assert not multi.usable_adapter(tmp_path / "zen", "embedded")  # trained on tiny: not for SmolLM2
+
+
+def test_ensure_adapter_reuses_but_flags_an_adapter_trained_on_other_data(tmp_path, adapters, capsys):
+    from persona_lib.train import TrainConfig
+
+    config = TrainConfig.smoke(max_steps=1, eval_steps=0)
+    records = multi.training_records("zen_coder")[:2]
+    multi.ensure_adapter(tmp_path / "zen", config, records, progress=False)
+    capsys.readouterr()
+    edited = multi.training_records("zen_coder")[2:4]
+    again = multi.ensure_adapter(tmp_path / "zen", config, edited, progress=False)
+    assert not again["trained"] and not again["same_data"]
+    assert "trained on other conversations" in capsys.readouterr().out
 
 
 def test_multi_config_checks_its_fields():
