@@ -11,8 +11,8 @@ each adapter's manifest.
     python bench/bench_updates.py --runs /tmp/updates        # 60 and 120 updates, about 50 minutes
     python bench/bench_updates.py --steps 60 90 120 180 --runs /tmp/updates
 
-An adapter already in <runs>/<persona>-<N>/adapter is reused (say so with a copy of
-bench_multi's, which is the N = 60 point): its training time then comes from its manifest.
+An adapter already in <runs>/<persona>-<N>/adapter is reused (copy bench_multi's adapter there
+as the N = 60 point): its training time then comes from its manifest.
 
 Writes bench/results/updates_<persona>.json.
 """

@@ -438,10 +438,12 @@ def ensure_adapter(folder: str | os.PathLike, config, records: Sequence[dict], *
         train(config, records, folder, resume=(folder / "checkpoints").is_dir(), progress=progress)
         trained = True
     manifest = read_json(folder / "manifest.json") if (folder / "manifest.json").is_file() else {}
-    # train() splits `records` the same way when no validation set is given, so the hashes compare.
-    expected = data_hash(split_for_validation(records, config.validation_fraction, config.seed)[0])
-    same_data = manifest.get("data", {}).get("train_sha256") == expected
-    if not trained and not same_data:
+    same_data = trained  # just trained on `records`; a reused adapter is checked against its manifest
+    if not trained:
+        # train() splits `records` the same way when no validation set is given, so the hashes compare.
+        expected = data_hash(split_for_validation(records, config.validation_fraction, config.seed)[0])
+        same_data = manifest.get("data", {}).get("train_sha256") == expected
+    if not same_data:
         print(f"warning: reusing {folder}, which was trained on other conversations than these "
               f"{len(records)}; delete the folder to retrain on them")
     return {"folder": str(folder), "trained": trained, "train_s": manifest.get("timings", {}).get("train_s"),
