@@ -3,9 +3,9 @@
 Trains, from scratch in a fresh run folder, one LoRA adapter per persona (TaskMaster,
 Captain Codebeard, Zen Coder) and one persona-conditioned adapter on the same conversations
 (each with `You are <name>.` as system prompt), all with `TrainConfig.cpu()` on the embedded
-SmolLM2-135M (2 epochs, but at least --min-steps updates per persona; the conditioned run sees
-the same examples and trains the separate runs' minimum together, so the designs are compared at
-an equal budget). Then, with all four adapters on one base model:
+SmolLM2-135M (2 epochs, but at least --min-steps updates per persona, or that persona's
+--persona-steps; the conditioned run sees the same examples and trains the separate runs'
+minimums together, so the designs are compared at an equal budget). Then, with all four adapters on one base model:
 
 - persona bleed for both designs: every persona answers the same pooled held-out prompts
   (--prompts-per-persona of each persona), the persona classifier (persona_lib.metrics)
@@ -18,7 +18,7 @@ an equal budget). Then, with all four adapters on one base model:
   this is the warm reload, the cheapest one), in the same process;
 - the blend curve TaskMaster -> Captain Codebeard at weights 0, 0.3, 0.5, 0.7, 1.
 
-    python bench/bench_multi.py                  # the full run, about 1.5-2 hours on a quiet 2-core CPU
+    python bench/bench_multi.py                  # the full run, about 2 hours on a quiet 2-core CPU
     python bench/bench_multi.py --records-per-persona 8 --max-steps 2 --prompts-per-persona 2 \\
         --max-new-tokens 24 --reloads 1 --results /tmp/multi_small.json   # a plumbing check, minutes
 
@@ -65,6 +65,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-steps", type=int, default=-1, help="-1: TrainConfig's 2 epochs; >0 caps each run")
     parser.add_argument("--min-steps", type=int, default=multi.MultiConfig.min_steps,
                         help="updates per persona at least (0: 2 epochs decide); the conditioned run gets the sum")
+    parser.add_argument("--persona-steps", nargs="*", metavar="SLUG=N",
+                        default=[f"{k}={v}" for k, v in multi.MultiConfig().min_steps_by_persona.items()],
+                        help="personas that train more than --min-steps (default: %(default)s)")
     parser.add_argument("--prompts-per-persona", type=int, default=10, help="pooled held-out prompts per persona")
     parser.add_argument("--blend-prompts-per-persona", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=120)
@@ -80,8 +83,13 @@ def main(argv=None) -> int:
     from persona_lib import plots
     from persona_lib.metrics import train_persona_classifier
 
+    try:
+        persona_steps = {k: int(v) for k, v in (item.split("=", 1) for item in args.persona_steps)}
+    except ValueError:
+        parser.error(f"--persona-steps takes SLUG=N pairs, got {args.persona_steps}")
     config = multi.MultiConfig(model=args.model, records_per_persona=args.records_per_persona,
-                               max_steps=args.max_steps, min_steps=args.min_steps, prompts_per_persona=args.prompts_per_persona,
+                               max_steps=args.max_steps, min_steps=args.min_steps,
+                               min_steps_by_persona=persona_steps, prompts_per_persona=args.prompts_per_persona,
                                blend_prompts_per_persona=args.blend_prompts_per_persona,
                                max_new_tokens=args.max_new_tokens)
     runs = Path(args.runs or tempfile.mkdtemp(prefix="bench_multi_"))
@@ -94,15 +102,15 @@ def main(argv=None) -> int:
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
         "runs": str(runs),
     }
-    train_config = config.train_config()
-    report["train_config"] = train_config.to_dict()
+    report["train_config"] = {slug: config.train_config(slug).to_dict() for slug in config.personas}
     conditioned_config = config.train_config(conditioned=True)
     report["conditioned_train_config"] = conditioned_config.to_dict()
 
     # ---- training, each design from scratch
     training = {}
     for slug in config.personas:
-        t, wall = timed(lambda: multi.ensure_adapter(multi.adapter_dir(slug, runs), train_config, config.records(slug)))
+        t, wall = timed(lambda: multi.ensure_adapter(multi.adapter_dir(slug, runs), config.train_config(slug),
+                                                     config.records(slug)))
         training[slug] = {**t, "wall_s": round(wall, 2)}
     mixed = multi.conditioned_records({slug: config.records(slug) for slug in config.personas})
     t, wall = timed(lambda: multi.ensure_adapter(multi.conditioned_dir(runs), conditioned_config, mixed))

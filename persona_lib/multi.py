@@ -462,6 +462,8 @@ class MultiConfig:
     records_per_persona: int = 0  # 0: all training records (the classifier's reserved slice is never used)
     max_steps: int = -1  # >0 caps every training run (smoke runs); -1 trains TrainConfig's epochs
     min_steps: int = 60  # updates per persona at least (TrainConfig.min_steps); the conditioned run gets the sum
+    # Personas that need more than `min_steps` (see `train_config`); personas not named get `min_steps`.
+    min_steps_by_persona: dict[str, int] = field(default_factory=lambda: {"captain_codebeard": 120})
     prompts_per_persona: int = 10  # pooled held-out prompts: 30 prompts x 3 personas x 2 designs = 180 replies
     max_new_tokens: int = 120  # about 90 words: long enough for a voice to show, short enough for CPU
     batch_size: int = 32  # generation batch: a decoding step costs about the same for 1 row or 32 (chat.generate_replies)
@@ -485,6 +487,10 @@ class MultiConfig:
             problems.append(f"records_per_persona={self.records_per_persona!r}: use 0 (all) or a positive count")
         if self.min_steps < 0:
             problems.append(f"min_steps={self.min_steps!r}: use 0 (epochs decide) or a positive step count")
+        self.min_steps_by_persona = dict(self.min_steps_by_persona)
+        for slug, steps in self.min_steps_by_persona.items():
+            if not isinstance(steps, int) or steps < 0:
+                problems.append(f"min_steps_by_persona[{slug!r}]={steps!r}: use 0 or a positive step count")
         if self.max_steps == 0 or self.max_steps < -1:
             problems.append(f"max_steps={self.max_steps!r}: use -1 (epochs) or a positive step count")
         if self.combination not in COMBINATIONS:
@@ -499,18 +505,28 @@ class MultiConfig:
                       blend_prompts_per_persona=1)
         return cls(**{**preset, **overrides})
 
-    def train_config(self, conditioned: bool = False):
-        """The TrainConfig of one persona's adapter, or (`conditioned`) of the conditioned one.
+    def steps(self, slug: str) -> int:
+        """The fewest updates persona `slug`'s own adapter trains for."""
+        return self.min_steps_by_persona.get(slug, self.min_steps)
 
-        Each persona gets at least `min_steps` updates: at 2 epochs, Codebeard's first 137
+    def train_config(self, slug: str | None = None, conditioned: bool = False):
+        """The TrainConfig of persona `slug`'s adapter, or (`conditioned`) of the conditioned one.
+
+        A voice is learnt in updates, not epochs. At 2 epochs, Codebeard's first 137
         conversations (100 to train on after the classifier's slice and validation) made 26
-        updates against TaskMaster's 44, and its adapter reached 0.40 on the bleed diagonal.
-        The conditioned adapter sees every persona's data, so it gets the separate runs'
-        updates together and the designs are compared at an equal budget."""
+        updates against TaskMaster's 44, and its adapter reached 0.40 on the bleed diagonal;
+        so each persona gets at least `min_steps` (60). Codebeard's voice is the farthest from
+        the base model's and needs more: bench/bench_updates.py measured its diagonal at 0.67
+        after 60 updates and 0.80 after 120, hence `min_steps_by_persona`. The conditioned
+        adapter sees every persona's data, so it gets the separate runs' minimums together and
+        the designs are compared at an equal budget. Without `slug`, `min_steps` applies."""
         from persona_lib.train import preset
 
         overrides = {"max_steps": self.max_steps} if self.max_steps > 0 else {}
-        steps = self.min_steps * (len(self.personas) if conditioned else 1)
+        if conditioned:
+            steps = sum(self.steps(s) for s in self.personas)
+        else:
+            steps = self.steps(slug) if slug else self.min_steps
         return preset(self.model, min_steps=steps, **overrides)
 
     def records(self, slug: str) -> list[dict]:
@@ -572,8 +588,8 @@ def run_multi(config: MultiConfig, runs_root: str | os.PathLike | None = None, *
     from persona_lib.metrics import train_persona_classifier
 
     out = multi_dir(runs_root)
-    train_config = config.train_config()
-    training = {slug: ensure_adapter(adapter_dir(slug, runs_root), train_config, config.records(slug), progress=progress)
+    training = {slug: ensure_adapter(adapter_dir(slug, runs_root), config.train_config(slug), config.records(slug),
+                                     progress=progress)
                 for slug in config.personas}
     training[CONDITIONED] = ensure_adapter(
         conditioned_dir(runs_root), config.train_config(conditioned=True),

@@ -327,9 +327,15 @@ def test_multi_config_checks_its_fields():
         assert field in str(err.value)
     with pytest.raises(ValueError, match="min_steps"):
         multi.MultiConfig(min_steps=-1)
-    full = multi.MultiConfig(personas=("taskmaster", "zen_coder"), blend_pair=("taskmaster", "zen_coder"))
-    assert (full.train_config().min_steps, full.train_config().max_steps) == (60, -1)
-    assert full.train_config(conditioned=True).min_steps == 120  # the separate runs' minimum together
+    with pytest.raises(ValueError, match="min_steps_by_persona"):
+        multi.MultiConfig(min_steps_by_persona={"zen_coder": -5})
+    pair = multi.MultiConfig(personas=("taskmaster", "zen_coder"), blend_pair=("taskmaster", "zen_coder"))
+    assert (pair.train_config("taskmaster").min_steps, pair.train_config("taskmaster").max_steps) == (60, -1)
+    assert pair.train_config(conditioned=True).min_steps == 120  # the separate runs' minimums together
+    three = multi.MultiConfig()  # Codebeard's voice needs more updates than the others
+    assert [three.train_config(slug).min_steps for slug in three.personas] == [60, 120, 60]
+    assert three.train_config(conditioned=True).min_steps == 240
+    assert multi.MultiConfig(min_steps=30, min_steps_by_persona={}).train_config("captain_codebeard").min_steps == 30
     smoke = multi.MultiConfig.smoke()
     assert smoke.model == "tiny" and smoke.train_config().max_steps == 1
     assert len(smoke.records("taskmaster")) == 4

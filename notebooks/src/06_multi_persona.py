@@ -63,18 +63,18 @@ print(f"model: {model_id}\nrun folder: {runs_root}\nthis lesson writes to: {out}
 # A voice is learnt in optimizer updates, not in passes over the data. When Captain Codebeard
 # had 100 training conversations, two epochs were only 26 updates (TaskMaster's 170 make 44),
 # and with 26 its adapter hardly spoke pirate. So every persona trains at least
-# `config.min_steps` updates (60: 2.6 epochs for Codebeard's 181 conversations today, 2.7 for
-# TaskMaster), and the conditioned adapter gets the three minimums together, so that the two
-# designs are compared at an equal budget. A voice far from the base model's needs more:
-# `bench/bench_updates.py` measured Codebeard's bleed diagonal at 0.67 after 60 updates and
-# 0.80 after 120, though its validation loss had stopped falling. If your bleed matrix shows a
-# weak voice, pass `min_steps=120` to `MultiConfig` above and retrain.
+# `config.min_steps` updates (60: 2.7 epochs for TaskMaster), and the conditioned adapter gets
+# the three minimums together, so that the two designs are compared at an equal budget. A
+# voice far from the base model's needs more: `bench/bench_updates.py` measured Codebeard's
+# bleed diagonal at 0.67 after 60 updates and 0.80 after 120, though its validation loss had
+# stopped falling. So `config.min_steps_by_persona` gives Codebeard 120. If your bleed matrix
+# shows another weak voice, add it there (`MultiConfig(min_steps_by_persona={...})`) and retrain.
 
 # %%
-train_config = config.train_config()
 adapters, training = {}, {}
 for slug in config.personas:
-    training[slug] = multi.ensure_adapter(multi.adapter_dir(slug, runs_root), train_config, config.records(slug))
+    training[slug] = multi.ensure_adapter(multi.adapter_dir(slug, runs_root), config.train_config(slug),
+                                          config.records(slug))
     adapters[slug] = training[slug]["folder"]
 for slug, t in training.items():
     print(f"{slug:<18} {'trained' if t['trained'] else 'reused '}  {t['train_s']:.0f} s of training  {t['folder']}")
@@ -93,7 +93,7 @@ for record in mixed[:2]:
 
 # %%
 conditioned_config = config.train_config(conditioned=True)
-print(f"conditioned adapter: at least {conditioned_config.min_steps} updates, the separate runs' minimum together")
+print(f"conditioned adapter: at least {conditioned_config.min_steps} updates, the separate runs' minimums together")
 training[multi.CONDITIONED] = multi.ensure_adapter(multi.conditioned_dir(runs_root), conditioned_config, mixed)
 adapters[multi.CONDITIONED] = training[multi.CONDITIONED]["folder"]
 t = training[multi.CONDITIONED]
