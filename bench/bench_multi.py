@@ -5,7 +5,8 @@ Captain Codebeard, Zen Coder) and one persona-conditioned adapter on the same co
 (each with `You are <name>.` as system prompt), all with `TrainConfig.cpu()` on the embedded
 SmolLM2-135M (2 epochs, but at least --min-steps updates per persona, or that persona's
 --persona-steps; the conditioned run sees the same examples and trains the separate runs'
-minimums together, so the designs are compared at an equal budget). Then, with all four adapters on one base model:
+minimums together, so the designs are compared at an equal budget). Then, with all four
+adapters on one base model:
 
 - persona bleed for both designs: every persona answers the same pooled held-out prompts
   (--prompts-per-persona of each persona), the persona classifier (persona_lib.metrics)

@@ -505,8 +505,8 @@ class MultiConfig:
                       blend_prompts_per_persona=1)
         return cls(**{**preset, **overrides})
 
-    def steps(self, slug: str) -> int:
-        """The fewest updates persona `slug`'s own adapter trains for."""
+    def steps(self, slug: str | None) -> int:
+        """The fewest updates persona `slug`'s own adapter trains for (no slug: `min_steps`)."""
         return self.min_steps_by_persona.get(slug, self.min_steps)
 
     def train_config(self, slug: str | None = None, conditioned: bool = False):
@@ -523,10 +523,7 @@ class MultiConfig:
         from persona_lib.train import preset
 
         overrides = {"max_steps": self.max_steps} if self.max_steps > 0 else {}
-        if conditioned:
-            steps = sum(self.steps(s) for s in self.personas)
-        else:
-            steps = self.steps(slug) if slug else self.min_steps
+        steps = sum(self.steps(s) for s in self.personas) if conditioned else self.steps(slug)
         return preset(self.model, min_steps=steps, **overrides)
 
     def records(self, slug: str) -> list[dict]:

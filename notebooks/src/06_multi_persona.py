@@ -287,8 +287,9 @@ print(f"saved to {out}")
 # embedded model (`bench/bench_multi.py`, `bench/results/multi.json`) found the conditioned
 # adapter bleeding: diagonals 0.50, 0.63, 0.60 against 0.83, 0.80, 0.77 for separate adapters
 # (TaskMaster, Codebeard, Zen Coder; the classifier's ceiling is 1.00, 0.96, 0.66), at the
-# same number of updates (240) and about the same time (2,143 s against 1,912 s). At scale, both serve from one
-# process: vLLM and llama.cpp load many LoRA adapters on one base and pick one per request.
+# same number of updates (240) and about the same time (2,143 s against 1,912 s). At scale,
+# both serve from one process: vLLM and llama.cpp load many LoRA adapters on one base and pick
+# one per request.
 #
 # **Success criterion met:** *Switch between several personas in one model.* **Skill updated:**
 # the "Multi-persona patterns" section of `.claude/skills/persona-tuner/SKILL.md`.
