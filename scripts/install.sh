@@ -5,9 +5,12 @@
 #   bash scripts/install.sh --dev    # the same plus what the tests need
 #
 # Creates .venv (PERSONA_LAB_VENV overrides). llama-cpp-python ships on PyPI as source
-# only: the first install builds its wheel (about 7 minutes on 2 cores) into
-# ~/.cache/persona-lab/wheels, and every later install on the machine reuses it. The same
-# source distribution carries llama.cpp's GGUF converters (convert_hf_to_gguf.py,
+# only: the first install builds its wheel (about 5 minutes on 2 cores) with
+# scripts/llama_build.py, for every CPU of this architecture rather than for this one, into
+# ~/.cache/persona-lab/wheels/<version>-<profile>-<flags hash>; later installs reuse it. After
+# installing, the llama.cpp runtime is proved by decoding a few tokens of the embedded model;
+# if that crashes, the wheel is rebuilt with every optional CPU extension off and proved again.
+# The same source distribution carries llama.cpp's GGUF converters (convert_hf_to_gguf.py,
 # convert_lora_to_gguf.py with their gguf-py and conversion/ folders); they are unpacked
 # here, at install time, into ~/.cache/persona-lab/llama.cpp-<version>, never at test time.
 set -euo pipefail
@@ -18,7 +21,6 @@ if [[ "${1:-}" == "--dev" ]]; then requirements=requirements-dev.txt; fi
 
 venv=${PERSONA_LAB_VENV:-.venv}
 cache=${PERSONA_LAB_CACHE:-$HOME/.cache/persona-lab}
-wheels=$cache/wheels
 llama_version=$(sed -n 's/^llama-cpp-python==//p' requirements-cpu.txt)
 sdist=$cache/sdist/llama_cpp_python-$llama_version.tar.gz
 converters=$cache/llama.cpp-$llama_version
@@ -30,10 +32,6 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 if [[ ! -f $sdist ]]; then
   echo "== fetching llama-cpp-python $llama_version source"
   "${pip[@]}" download --quiet --no-deps --no-binary :all: "llama-cpp-python==$llama_version" -d "$cache/sdist"
-fi
-if ! ls "$wheels"/llama_cpp_python-"$llama_version"-*.whl >/dev/null 2>&1; then
-  echo "== building llama-cpp-python $llama_version (first install on this machine: about 7 minutes)"
-  "${pip[@]}" wheel --quiet --no-deps "$sdist" -w "$wheels"
 fi
 if [[ ! -f $converters/convert_hf_to_gguf.py ]]; then
   echo "== unpacking llama.cpp's GGUF converters into $converters"
@@ -52,6 +50,32 @@ if [[ $requirements == requirements-dev.txt ]] && ! command -v go >/dev/null; th
     echo "   could not install golang-go: the Modelfile template tests will be skipped"
 fi
 
+# Build (once per flag set) and install the llama.cpp wheel, replacing one built another way.
+install_llama() {  # $1: auto, portable or baseline
+  local wheel
+  wheel=$("$venv/bin/python" scripts/llama_build.py wheel --sdist "$sdist" --cache "$cache" --profile "$1" | tail -n 1)
+  if ! cmp -s "$(dirname "$wheel")/build.json" "$venv/llama-cpp-build.json"; then
+    "${pip[@]}" install --quiet --no-deps --force-reinstall "$wheel"
+    cp "$(dirname "$wheel")/build.json" "$venv/llama-cpp-build.json"
+  fi
+  wheel_dir=$(dirname "$wheel")
+}
+install_llama auto
+
 echo "== installing $requirements into $venv"
-"${pip[@]}" install --quiet --find-links "$wheels" -r "$requirements" -e .
+"${pip[@]}" install --quiet --find-links "$wheel_dir" -r "$requirements" -e .
+
+echo "== checking the llama.cpp runtime on this CPU"
+status=0
+"$venv/bin/python" scripts/llama_build.py check || status=$?
+if [[ $status == 1 ]]; then  # it crashed: build with every optional CPU extension off, prove again
+  echo "== rebuilding llama.cpp for plain x86-64 (every optional CPU extension off), then checking again"
+  install_llama baseline
+  status=0
+  "$venv/bin/python" scripts/llama_build.py check || status=$?
+fi
+if [[ $status != 0 ]]; then
+  echo "llama.cpp cannot decode on this machine (see the line above); persona-lab needs it for GGUF export and chat." >&2
+  exit 1
+fi
 echo "== installed in $((SECONDS - start)) s; activate with: source $venv/bin/activate"
