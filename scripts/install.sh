@@ -6,7 +6,7 @@
 #
 # Creates .venv (PERSONA_LAB_VENV overrides). llama-cpp-python ships on PyPI as source
 # only: the first install builds its wheel (about 5 minutes on 2 cores) with
-# scripts/llama_build.py, for every CPU of this architecture rather than for this one, into
+# persona_lib/llama_build.py, for every CPU of this architecture rather than for this one, into
 # ~/.cache/persona-lab/wheels/<version>-<profile>-<flags hash>; later installs reuse it. After
 # installing, the llama.cpp runtime is proved by decoding a few tokens of the embedded model;
 # if that crashes, the wheel is rebuilt with every optional CPU extension off and proved again.
@@ -23,7 +23,6 @@ venv=${PERSONA_LAB_VENV:-.venv}
 cache=${PERSONA_LAB_CACHE:-$HOME/.cache/persona-lab}
 llama_version=$(sed -n 's/^llama-cpp-python==//p' requirements-cpu.txt)
 sdist=$cache/sdist/llama_cpp_python-$llama_version.tar.gz
-converters=$cache/llama.cpp-$llama_version
 start=$SECONDS
 
 [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
@@ -33,15 +32,8 @@ if [[ ! -f $sdist ]]; then
   echo "== fetching llama-cpp-python $llama_version source"
   "${pip[@]}" download --quiet --no-deps --no-binary :all: "llama-cpp-python==$llama_version" -d "$cache/sdist"
 fi
-if [[ ! -f $converters/convert_hf_to_gguf.py ]]; then
-  echo "== unpacking llama.cpp's GGUF converters into $converters"
-  tmp=$(mktemp -d)
-  tar -xzf "$sdist" -C "$tmp" --wildcards \
-    "*/vendor/llama.cpp/convert_hf_to_gguf.py" "*/vendor/llama.cpp/convert_lora_to_gguf.py" \
-    "*/vendor/llama.cpp/gguf-py/*" "*/vendor/llama.cpp/conversion/*"
-  rm -rf "$converters.tmp" && mv "$tmp"/*/vendor/llama.cpp "$converters.tmp"
-  mv "$converters.tmp" "$converters" && rm -rf "$tmp"
-fi
+echo "== llama.cpp's GGUF converters (unpacked once from the same source into $cache)"
+"$venv/bin/python" -m persona_lib.llama_build converters --sdist "$sdist" --cache "$cache" >/dev/null
 
 if [[ $requirements == requirements-dev.txt ]] && ! command -v go >/dev/null; then
   # tests/test_export.py renders Ollama Modelfile templates with Go's real text/template.
@@ -53,7 +45,7 @@ fi
 # Build (once per flag set) and install the llama.cpp wheel, replacing one built another way.
 install_llama() {  # $1: auto, portable or baseline
   local wheel
-  wheel=$("$venv/bin/python" scripts/llama_build.py wheel --sdist "$sdist" --cache "$cache" --profile "$1" | tail -n 1)
+  wheel=$("$venv/bin/python" -m persona_lib.llama_build wheel --sdist "$sdist" --cache "$cache" --profile "$1" | tail -n 1)
   if ! cmp -s "$(dirname "$wheel")/build.json" "$venv/llama-cpp-build.json"; then
     "${pip[@]}" install --quiet --no-deps --force-reinstall "$wheel"
     cp "$(dirname "$wheel")/build.json" "$venv/llama-cpp-build.json"
@@ -67,12 +59,12 @@ echo "== installing $requirements into $venv"
 
 echo "== checking the llama.cpp runtime on this CPU"
 status=0
-"$venv/bin/python" scripts/llama_build.py check || status=$?
+"$venv/bin/python" -m persona_lib.llama_build check || status=$?
 if [[ $status == 1 ]]; then  # it crashed: build with every optional CPU extension off, prove again
   echo "== rebuilding llama.cpp for plain x86-64 (every optional CPU extension off), then checking again"
   install_llama baseline
   status=0
-  "$venv/bin/python" scripts/llama_build.py check || status=$?
+  "$venv/bin/python" -m persona_lib.llama_build check || status=$?
 fi
 if [[ $status != 0 ]]; then
   echo "llama.cpp cannot decode on this machine (see the line above); persona-lab needs it for GGUF export and chat." >&2

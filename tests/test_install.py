@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from persona_lib import llama_build
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-import llama_build  # noqa: E402
 
 INSTALL = ROOT / "scripts" / "install.sh"
 
@@ -28,12 +28,12 @@ def test_no_build_is_native():
         on = {a[2:].split("=")[0] for a in args if a.endswith("=ON")}
         assert not on & set(llama_build.NEVER_X86), (profile, on)  # no AVX-512, no AMX, ever
     assert set(llama_build.NEVER_X86) >= {"GGML_AVX512", "GGML_AVX512_BF16", "GGML_AMX_TILE", "GGML_AMX_INT8"}
-    for path in (INSTALL, ROOT / "scripts" / "llama_build.py"):
+    for path in (INSTALL, ROOT / "persona_lib" / "llama_build.py"):
         text = path.read_text()
         assert not re.search(r"march=native|GGML_NATIVE=ON|GGML_NATIVE:BOOL=ON", text), path
     script = INSTALL.read_text()
-    assert "CMAKE_ARGS" not in script and "pip wheel" not in script  # the only build goes through llama_build.py
-    assert re.search(r"llama_build\.py wheel .*--profile", script)
+    assert "CMAKE_ARGS" not in script and "pip wheel" not in script  # the only build goes through llama_build
+    assert re.search(r"-m persona_lib\.llama_build wheel .*--profile", script)
 
 
 def test_installed_library_has_no_cpu_specific_paths():
@@ -116,18 +116,16 @@ def run_install(tmp_path, check_statuses: list[int]) -> tuple[subprocess.Complet
     cache, venv = tmp_path / "cache", tmp_path / "venv"
     (cache / "sdist").mkdir(parents=True, exist_ok=True)
     (cache / "sdist" / "llama_cpp_python-0.3.36.tar.gz").write_text("")
-    (cache / "llama.cpp-0.3.36").mkdir(exist_ok=True)
-    (cache / "llama.cpp-0.3.36" / "convert_hf_to_gguf.py").write_text("")
     (venv / "bin").mkdir(parents=True, exist_ok=True)
     (tmp_path / "statuses").write_text("\n".join(map(str, check_statuses)) + "\n")
     log = tmp_path / "log"
     log.unlink(missing_ok=True)
     (venv / "bin" / "python").write_text(f"""#!/usr/bin/env bash
 echo "$*" >> {log}
-if [[ $1 == scripts/llama_build.py && $2 == wheel ]]; then
-  dir={tmp_path}/wheels/$8; mkdir -p $dir; echo "{{\\"profile\\": \\"$8\\"}}" > $dir/build.json
+if [[ $2 == persona_lib.llama_build && $3 == wheel ]]; then
+  dir={tmp_path}/wheels/$9; mkdir -p $dir; echo "{{\\"profile\\": \\"$9\\"}}" > $dir/build.json
   echo $dir/llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl
-elif [[ $1 == scripts/llama_build.py && $2 == check ]]; then
+elif [[ $2 == persona_lib.llama_build && $3 == check ]]; then
   status=$(head -n 1 {tmp_path}/statuses); sed -i 1d {tmp_path}/statuses; exit $status
 fi
 """)
@@ -165,3 +163,24 @@ def test_install_keeps_a_wheel_of_the_same_flags(tmp_path):
 def test_describe_exit_names_the_signal():
     assert llama_build.describe_exit(-signal.SIGILL).startswith("SIGILL: an illegal instruction")
     assert llama_build.describe_exit(3) == "exit status 3"
+
+
+def test_converters_come_from_the_same_source(tmp_path):
+    """The GGUF converters are unpacked from the llama-cpp-python source the runtime was built
+    from (their gguf-py must match the runtime's format), once, with nothing else."""
+    import tarfile
+
+    sdist = tmp_path / "sdist" / "llama_cpp_python-9.9.9.tar.gz"
+    sdist.parent.mkdir()
+    src = tmp_path / "src" / "llama_cpp_python-9.9.9" / "vendor" / "llama.cpp"
+    for name in ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "gguf-py/gguf/__init__.py",
+                 "conversion/x.py", "src/llama.cpp"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(name)
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "llama_cpp_python-9.9.9", arcname="llama_cpp_python-9.9.9")
+    dest = llama_build.unpack_converters(sdist, tmp_path / "cache")
+    assert dest == tmp_path / "cache" / "llama.cpp-9.9.9"
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == [
+        "conversion/x.py", "convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "gguf-py/gguf/__init__.py"]
+    assert llama_build.unpack_converters(sdist, tmp_path / "cache") == dest  # kept

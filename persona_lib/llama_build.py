@@ -21,15 +21,18 @@ A wheel lives in a folder named after its version, profile and a hash of its exa
 arguments, with a `build.json` that records the flags, the CPU features it assumes and the CPU
 it was built on, so a wheel built one way is never picked up for another.
 
-    python3 scripts/llama_build.py wheel --sdist SDIST --cache DIR [--profile auto|portable|baseline]
+    python -m persona_lib.llama_build wheel --sdist SDIST --cache DIR [--profile auto|portable|baseline]
         builds the wheel if its folder has none; prints the wheel's path (last line of stdout)
-    .venv/bin/python scripts/llama_build.py check
+    python -m persona_lib.llama_build converters --sdist SDIST --cache DIR
+        unpacks llama.cpp's GGUF converters from the same source into DIR/llama.cpp-<version>
+    python -m persona_lib.llama_build check
         loads the embedded GGUF in a child process and decodes a few tokens: exit 0 when it
         worked; 1 when the child crashed (a signal: an illegal instruction, a segmentation
         fault) or hung, which a more conservative build may cure; 2 for any other failure
         (an import error, a missing file), which a rebuild would not. The reason is printed.
 
-Standard library only: `wheel` runs before the virtual environment has anything in it.
+Standard library only: scripts/install.sh runs it from the repository before the virtual
+environment has anything in it, and a Colab notebook runs the same code (persona_lib.colab).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -129,6 +133,33 @@ def build_wheel(sdist: Path, folder: Path, profile: str, args: list[str] | None 
     return find_wheel(folder)
 
 
+def sdist_version(sdist: Path) -> str:
+    return re.match(r"llama_cpp_python-(.+)\.tar\.gz$", Path(sdist).name).group(1)
+
+
+def unpack_converters(sdist: Path, cache: Path) -> Path:
+    """llama.cpp's GGUF converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py, gguf-py/,
+    conversion/) from the llama-cpp-python source, into `cache/llama.cpp-<version>`: the
+    converter that matches the runtime's GGUF format exactly. Done once; atomic."""
+    dest = Path(cache) / f"llama.cpp-{sdist_version(sdist)}"
+    if (dest / "convert_hf_to_gguf.py").is_file():
+        return dest
+    wanted = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "gguf-py/", "conversion/")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
+    with tarfile.open(sdist) as tar:
+        members = []
+        for member in tar.getmembers():
+            _, sep, inside = member.name.partition("/vendor/llama.cpp/")
+            if sep and inside.startswith(wanted) and (member.isfile() or member.isdir()):
+                member.name = inside
+                members.append(member)
+        tar.extractall(tmp, members=members, filter="data")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
 # The child's work: load the embedded model and decode a few tokens. Run in a separate process
 # because a wrong build does not raise, it kills the process (SIGILL, SIGSEGV).
 CHECK_CODE = """
@@ -185,12 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--sdist", type=Path, required=True)
     w.add_argument("--cache", type=Path, required=True)
     w.add_argument("--profile", default="auto", choices=("auto",) + PROFILES)
+    u = sub.add_parser("converters", help="unpack llama.cpp's GGUF converters from the source")
+    u.add_argument("--sdist", type=Path, required=True)
+    u.add_argument("--cache", type=Path, required=True)
     c = sub.add_parser("check", help="decode a few tokens of a GGUF (default: the embedded model)")
     c.add_argument("--gguf", type=Path)
     args = parser.parse_args(argv)
 
+    if args.command == "converters":
+        print(unpack_converters(args.sdist, args.cache))
+        return 0
     if args.command == "wheel":
-        version = re.match(r"llama_cpp_python-(.+)\.tar\.gz$", args.sdist.name).group(1)
+        version = sdist_version(args.sdist)
         profile = choose_profile(cpu_flags()) if args.profile == "auto" else args.profile
         folder = wheel_dir(args.cache, version, profile)
         wheel = find_wheel(folder)
