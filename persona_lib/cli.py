@@ -10,24 +10,57 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
 from dataclasses import fields
 
 
+class UserError(Exception):
+    """A mistake in what the user gave (a file, a flag): printed as one message, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line naming the flag and the fix (argparse's default adds the whole usage first)."""
+        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def _run(args: argparse.Namespace) -> int:
+    from persona_lib.dataset import DatasetError
     from persona_lib.pipeline import NotEnoughData, RunConfig, run
+    from persona_lib.spec import SpecError
 
     chosen = {f.name: getattr(args, f.name) for f in fields(RunConfig)
               if getattr(args, f.name, None) is not None and f.name != "smoke"}
-    config = RunConfig.smoke_preset(**chosen) if args.smoke else RunConfig(**chosen)
+    try:
+        config = RunConfig.smoke_preset(**chosen) if args.smoke else RunConfig(**chosen)
+    except (ValueError, FileNotFoundError) as e:  # RunConfig's messages start with the field's name
+        field_name, _, rest = str(e).partition(" ")
+        raise UserError(f"--{field_name.replace('_', '-')} {rest}") from None
     start = time.perf_counter()
     try:
         results = run(config)
     except NotEnoughData as e:
         print(f"\n{e}", file=sys.stderr)
         return 3
+    except (SpecError, DatasetError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
     total = time.perf_counter() - start
     print(f"\n{'stage':<10} {'seconds':>8}  {'status':<7}  summary")
     for r in results:
@@ -75,7 +108,7 @@ def _spec_check(args: argparse.Namespace) -> int:
 
     try:
         spec = load_spec(args.file)
-    except SpecError as e:
+    except (SpecError, FileNotFoundError) as e:
         print(e, file=sys.stderr)
         return 1
     print(f"{args.file}: OK ({spec.name}, {len(spec.traits)} traits)")
@@ -83,7 +116,7 @@ def _spec_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="persona", description="persona-lab: persona fine-tuning, taught and measured.")
+    parser = Parser(prog="persona", description="persona-lab: persona fine-tuning, taught and measured.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the chapter's pipeline for one persona, offline")
@@ -91,12 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="embedded (default), tiny, a Hub id or a local model folder")
     p.add_argument("--runs-root", dest="runs_root", help="where run folders go (default ./runs)")
     p.add_argument("--data", help="a JSONL of conversations for the persona, added to the shipped ones")
-    p.add_argument("--generate", type=int, help="generate N conversations first (OpenAI with OPENAI_API_KEY, else the local model)")
+    p.add_argument("--generate", type=at_least(0), help="generate N conversations first (OpenAI with OPENAI_API_KEY, else the local model)")
     p.add_argument("--judge", choices=["none", "local", "openai", "auto"],
                    help="evaluation judge (default none: deterministic measures and the persona classifier)")
-    p.add_argument("--n-prompts", dest="n_prompts", type=int, help="held-out prompts in the before picture (default 5)")
-    p.add_argument("--eval-prompts", dest="eval_prompts", type=int, help="held-out prompts in the evaluation (default 24)")
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="reply length cap in tokens (default 120)")
+    p.add_argument("--n-prompts", dest="n_prompts", type=at_least(1), help="held-out prompts in the before picture (default 5)")
+    p.add_argument("--eval-prompts", dest="eval_prompts", type=at_least(1), help="held-out prompts in the evaluation (default 24)")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=at_least(1), help="reply length cap in tokens (default 120)")
     p.add_argument("--force", action="store_true", default=None, help="redo finished stages instead of resuming")
     p.add_argument("--smoke", action="store_true", help="the tiny model, a few steps: checks every stage in about a minute")
     p.set_defaults(func=_run)
@@ -113,7 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     # The CPU path never downloads: every model comes from disk (see persona_lib.models).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"persona {args.command}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"persona {args.command}: no space left on the disk while writing {e.filename or 'a file'}; "
+              "free some space (or point --runs-root elsewhere) and run the same command again: it resumes.",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

