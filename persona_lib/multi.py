@@ -396,20 +396,14 @@ def bleed_prompts(personas: Sequence[str] = PERSONAS, per_persona: int = 10) -> 
     """A pooled prompt set for the bleed matrix: `per_persona` ordinary held-out prompts of each
     persona, spread evenly over its file (so over its topics); a persona without a held-out
     file contributes its spec's examples. Every persona answers all of them."""
-    from persona_lib.dataset import load_heldout
+    from persona_lib.dataset import heldout_prompts
     from persona_lib.spec import load_spec
 
     if per_persona < 1:
         raise ValueError(f"per_persona must be at least 1, got {per_persona}")
     pool = []
     for slug in personas:
-        if (paths.eval_dir() / f"{slug}_heldout.jsonl").is_file():
-            items = [{"id": r["id"], "persona": slug, "messages": r["messages"]}
-                     for r in load_heldout(slug) if r["kind"] == "ordinary"]
-        else:
-            items = [{"id": f"{slug}-example-{k}", "persona": slug,
-                      "messages": [{"role": "user", "content": ex["user"]}]}
-                     for k, ex in enumerate(load_spec(slug).examples, start=1)]
+        items = [{"id": p["id"], "persona": slug, "messages": p["messages"]} for p in heldout_prompts(load_spec(slug))]
         n = min(per_persona, len(items))
         pool += [items[k * len(items) // n] for k in range(n)]
     return pool
@@ -418,36 +412,55 @@ def bleed_prompts(personas: Sequence[str] = PERSONAS, per_persona: int = 10) -> 
 # --------------------------------------------------------------------------- training both designs
 
 
-def ensure_adapter(folder: str | os.PathLike, config, records: Sequence[dict], *, progress: bool = True) -> dict:
-    """The adapter in `folder`, trained with `persona_lib.train` unless a finished one for
-    `config.model_id` is already there (lesson 4's TaskMaster adapter, an earlier run of this
-    lesson). An interrupted training resumes from its last checkpoint.
+def ensure_adapter(folder: str | os.PathLike, config, records: Sequence[dict], *, keep: bool = False,
+                   progress: bool = True) -> dict:
+    """The adapter of `config` trained on `records`: the one in `folder` when it was trained with
+    exactly this configuration and these conversations (lesson 4's adapter, an earlier run of
+    this lesson), else a new one. An interrupted training resumes from its last checkpoint.
 
-    Returns {"folder", "trained" (False: reused), "train_s" (from the adapter's manifest),
-    "same_data" (whether the adapter was trained on exactly `records`)}. A reused adapter
-    trained on other conversations is kept, because lesson 4's adapter may have seen generated
-    data, but it is reported with a warning: after editing the data, delete the folder to retrain.
+    When `folder` holds an adapter made another way (lesson 4 trains TaskMaster for fewer
+    updates than this lesson asks, or on generated data), it is left as it is and the new
+    adapter goes beside it, in `<folder>-<config and data hash>`; `keep=True` uses the old one
+    anyway and says what differs. Returns {"folder", "trained" (False: reused), "train_s" and
+    "steps" (from the adapter's manifest), "matches" (trained with this config on these
+    records), "differs" (what does not match: "data" and the config's fields)}.
     """
     from persona_lib.io import read_json
+    from persona_lib.pipeline import fingerprint
     from persona_lib.train import data_hash, split_for_validation, train
 
     folder = Path(folder)
-    if usable_adapter(folder, config.model_id) and (folder / "manifest.json").is_file():
-        trained = False  # a finished adapter for this base: reuse it
+    # train() splits `records` the same way when no validation set is given, so the hashes compare.
+    expected = data_hash(split_for_validation(records, config.validation_fraction, config.seed)[0])
+
+    def differences(candidate: Path) -> list[str] | None:
+        """What differs from the request; None when `candidate` holds no finished adapter for this base."""
+        if not (usable_adapter(candidate, config.model_id) and (candidate / "manifest.json").is_file()):
+            return None
+        manifest = read_json(candidate / "manifest.json")
+        trained_with = manifest.get("config", {})
+        fields = sorted(k for k, v in config.to_dict().items() if trained_with.get(k) != v)
+        return (["data"] if manifest.get("data", {}).get("train_sha256") != expected else []) + fields
+
+    beside = folder.with_name(f"{folder.name}-{fingerprint({'config': config.to_dict(), 'data': expected})[:10]}")
+    found = differences(folder)
+    if found is None or found == [] or keep:
+        chosen = folder
     else:
-        train(config, records, folder, resume=(folder / "checkpoints").is_dir(), progress=progress)
-        trained = True
-    manifest = read_json(folder / "manifest.json") if (folder / "manifest.json").is_file() else {}
-    same_data = trained  # just trained on `records`; a reused adapter is checked against its manifest
-    if not trained:
-        # train() splits `records` the same way when no validation set is given, so the hashes compare.
-        expected = data_hash(split_for_validation(records, config.validation_fraction, config.seed)[0])
-        same_data = manifest.get("data", {}).get("train_sha256") == expected
-    if not same_data:
-        print(f"warning: reusing {folder}, which was trained on other conversations than these "
-              f"{len(records)}; delete the folder to retrain on them")
-    return {"folder": str(folder), "trained": trained, "train_s": manifest.get("timings", {}).get("train_s"),
-            "same_data": same_data}
+        chosen = beside
+        print(f"{folder} holds an adapter trained another way ({', '.join(found)} differ); "
+              f"{'using' if differences(beside) == [] else 'training'} this lesson's in {beside}")
+    differs = differences(chosen)
+    trained = differs is None
+    if trained:
+        train(config, records, chosen, resume=(chosen / "checkpoints").is_dir(), progress=progress)
+        differs = []
+    elif differs:
+        print(f"warning: keeping {chosen}, trained with other {', '.join(differs)} than asked; "
+              "its results are not those of this configuration")
+    manifest = read_json(chosen / "manifest.json")
+    return {"folder": str(chosen), "trained": trained, "train_s": manifest.get("timings", {}).get("train_s"),
+            "steps": manifest.get("steps"), "matches": not differs, "differs": differs}
 
 
 # --------------------------------------------------------------------------- the whole lesson as one stage
@@ -622,6 +635,10 @@ def run_multi(config: MultiConfig, runs_root: str | os.PathLike | None = None, *
         "personas": list(config.personas),
         "train_s": {name: t["train_s"] for name, t in training.items()},
         "reused": [name for name, t in training.items() if not t["trained"]],
+        # Updates each adapter had, and any adapter kept although it was trained another way:
+        # the bleed cells compare adapters of these budgets.
+        "updates": {name: t["steps"] for name, t in training.items()},
+        "kept_mismatched": {name: t["differs"] for name, t in training.items() if t["differs"]},
         "diagonal": {k: bleed[k]["diagonal"] for k in ("ceiling", "separate", "conditioned")},
         "mean_diagonal": {k: bleed[k]["mean_diagonal"] for k in ("ceiling", "separate", "conditioned")},
         "blend": {"pair": [a, b], "p_b": [r["p_b"] for r in curve["rows"]], "monotonic": curve["monotonic"]},

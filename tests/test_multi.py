@@ -298,25 +298,37 @@ def test_ensure_adapter_trains_once_then_reuses(tmp_path, adapters):
     config = TrainConfig.smoke(max_steps=1, eval_steps=0)
     records = multi.training_records("zen_coder")[:2]
     first = multi.ensure_adapter(tmp_path / "zen", config, records, progress=False)
-    assert first["trained"] and first["train_s"] > 0
+    assert first["trained"] and first["train_s"] > 0 and first["steps"] == 1
     assert multi.usable_adapter(tmp_path / "zen", "tiny")
     again = multi.ensure_adapter(tmp_path / "zen", config, records, progress=False)
     assert not again["trained"] and again["train_s"] == first["train_s"]
-    assert first["same_data"] and again["same_data"]
+    assert first["matches"] and again["matches"] and again["folder"] == str(tmp_path / "zen")
     assert not multi.usable_adapter(tmp_path / "zen", "embedded")  # trained on tiny: not for SmolLM2
 
 
-def test_ensure_adapter_reuses_but_flags_an_adapter_trained_on_other_data(tmp_path, adapters, capsys):
+def test_ensure_adapter_never_passes_off_an_adapter_trained_another_way(tmp_path, adapters, capsys):
+    """Lesson 4's adapter had fewer updates than lesson 6 asks (or other data): lesson 6 trains its
+    own beside it, leaves lesson 4's untouched, and reuses its own next time; keep=True uses the
+    old one and says what differs."""
     from persona_lib.train import TrainConfig
 
-    config = TrainConfig.smoke(max_steps=1, eval_steps=0)
     records = multi.training_records("zen_coder")[:2]
-    multi.ensure_adapter(tmp_path / "zen", config, records, progress=False)
+    lesson4 = multi.ensure_adapter(tmp_path / "zen", TrainConfig.smoke(max_steps=1, eval_steps=0), records,
+                                   progress=False)
+    before = (tmp_path / "zen" / "adapter_model.safetensors").read_bytes()
     capsys.readouterr()
+    config = TrainConfig.smoke(max_steps=2, eval_steps=0)
+    lesson6 = multi.ensure_adapter(tmp_path / "zen", config, records, progress=False)
+    assert lesson6["trained"] and lesson6["steps"] == 2 and lesson6["folder"] != lesson4["folder"]
+    assert "max_steps differ" in capsys.readouterr().out
+    assert (tmp_path / "zen" / "adapter_model.safetensors").read_bytes() == before
+    again = multi.ensure_adapter(tmp_path / "zen", config, records, progress=False)
+    assert not again["trained"] and again["folder"] == lesson6["folder"] and again["matches"]
     edited = multi.training_records("zen_coder")[2:4]
-    again = multi.ensure_adapter(tmp_path / "zen", config, edited, progress=False)
-    assert not again["trained"] and not again["same_data"]
-    assert "trained on other conversations" in capsys.readouterr().out
+    kept = multi.ensure_adapter(tmp_path / "zen", TrainConfig.smoke(max_steps=1, eval_steps=0), edited, keep=True,
+                                progress=False)
+    assert not kept["trained"] and kept["differs"] == ["data"] and not kept["matches"]
+    assert "trained with other data" in capsys.readouterr().out
 
 
 def test_multi_config_checks_its_fields():

@@ -17,7 +17,7 @@
 # `runs/taskmaster/multi/`: `conditioned_adapter/`, `bleed.json` + `bleed.png` (the persona
 # confusion matrices), `blend.json` + `blend.png`, `routing.json` and `summary.json`.
 
-# %% install
+# %% install smollm2
 
 # %% parameters
 SMOKE = False  # True: the tiny random-init model, a few records, one prompt per persona; CI runs every notebook this way
@@ -57,8 +57,10 @@ print(f"model: {model_id}\nrun folder: {runs_root}\nthis lesson writes to: {out}
 # voices share what they have in common; the risk is that they also blur into each other.
 #
 # Both designs train on the same shipped conversations, minus a slice the persona classifier
-# keeps for itself (it must not grade replies learnt from its own training text). If lesson 4's
-# TaskMaster adapter is reused, it may also have seen the data you generated in lesson 3.
+# keeps for itself (it must not grade replies learnt from its own training text). Lesson 4's
+# adapter is reused only if it was trained with exactly this lesson's configuration on these
+# conversations; otherwise (lesson 4 stops at fewer updates) this lesson trains its own beside
+# it, in `adapter-<hash>/`, and leaves lesson 4's as it was.
 #
 # A voice is learnt in optimizer updates, not in passes over the data. When Captain Codebeard
 # had 100 training conversations, two epochs were only 26 updates (TaskMaster's 170 make 44),
@@ -77,7 +79,8 @@ for slug in config.personas:
                                           config.records(slug))
     adapters[slug] = training[slug]["folder"]
 for slug, t in training.items():
-    print(f"{slug:<18} {'trained' if t['trained'] else 'reused '}  {t['train_s']:.0f} s of training  {t['folder']}")
+    print(f"{slug:<18} {'trained' if t['trained'] else 'reused '}  {t['steps']} updates, "
+          f"{t['train_s']:.0f} s of training  {t['folder']}")
 
 # %% [markdown]
 # The conditioned adapter's data is the three personas' conversations, interleaved, each
