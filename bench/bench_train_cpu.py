@@ -10,7 +10,7 @@ optimizer steps (8 conversations each) for every configuration, in one process:
   in random order), only `use_cpu=True` added because SFTConfig refuses bf16 on a CPU without it;
 - ``trl_default_fp32``: the same with bf16 off;
 - ``plain_loop``: a hand-written fp32 PyTorch loop over the project's batches, HF's own loss
-  (the reference the design notes measured at about 50% of the ceiling).
+  (a plain loop like it reached about 50% of the fp32 ceiling on an AVX2 EPYC).
 
 For each it reports non-pad tokens per second and the share of this machine's ceiling,
 4 x parameters x tokens/s over an fp32 matmul rate (2048 x 2048, measured before and after
@@ -257,7 +257,7 @@ def full_run(args) -> dict:
     from persona_lib.dataset import distinct_n, load_knowledge
     from persona_lib.metrics import any_phrase, knowledge_recall
     from persona_lib.models import load_model
-    from persona_lib.pipeline import heldout_prompts
+    from persona_lib.dataset import heldout_prompts
     from persona_lib.plots import loss_curve
     from persona_lib.spec import load_spec
     from persona_lib.train import TrainConfig, read_loss_log, shipped_splits, train

@@ -429,6 +429,24 @@ def load_heldout(slug: str) -> list[dict]:
     return _load_checked(eval_dir() / f"{slug}_heldout.jsonl", _heldout_problems, slug)
 
 
+def has_heldout(slug: str) -> bool:
+    return (eval_dir() / f"{slug}_heldout.jsonl").is_file()
+
+
+def heldout_prompts(spec, n: int | None = None, *, kind: str | None = "ordinary") -> list[dict]:
+    """The persona's held-out prompts ({"id", "kind", "messages"}) of one `kind` (None: every
+    kind), the first `n` of them (None: all); a persona without a held-out file (a new one)
+    gets its spec's example questions instead, as ordinary prompts `<slug>-example-<k>`."""
+    if has_heldout(spec.slug):
+        records = [{"id": r["id"], "kind": r["kind"], "messages": r["messages"]} for r in load_heldout(spec.slug)
+                   if kind is None or r["kind"] == kind]
+    else:
+        records = [{"id": f"{spec.slug}-example-{k}", "kind": "ordinary",
+                    "messages": [{"role": "user", "content": ex["user"]}]}
+                   for k, ex in enumerate(spec.examples, start=1)] if kind in (None, "ordinary") else []
+    return records[:n]
+
+
 def load_dialogues(slug: str) -> list[dict]:
     """Scripted multi-turn dialogues (user turns only) for the persona-drift test."""
     return _load_checked(eval_dir() / f"{slug}_dialogues.jsonl", _dialogue_problems, slug)
@@ -469,17 +487,25 @@ GENERIC_PHRASES = (
 _WORD = re.compile(r"\w+(?:'\w+)*")
 
 
-def _normalise(text: str) -> str:
+def fold_quotes(text: str) -> str:
+    """Typographic apostrophes as ' (models and writers use both)."""
     return text.replace("\u2019", "'").replace("\u2018", "'")
 
 
-def _words(text: str) -> list[str]:
-    return _WORD.findall(_normalise(text).casefold())
+def words(text: str) -> list[str]:
+    """Lowercased word tokens (typographic apostrophes folded), the unit of every text measure
+    in the dataset checks and the metrics alike."""
+    return _WORD.findall(fold_quotes(text).casefold())
+
+
+def normalise(text: str) -> str:
+    """Casefolded, runs of whitespace as one space, typographic apostrophes as '."""
+    return " ".join(fold_quotes(text).casefold().split())
 
 
 def phrase_pattern(phrase: str) -> re.Pattern:
     """Case-insensitive whole-phrase match: 'plan' matches 'Plan it.' but not 'planet'."""
-    body = r"\s+".join(re.escape(w) for w in _normalise(phrase).split())
+    body = r"\s+".join(re.escape(w) for w in fold_quotes(phrase).split())
     return re.compile(rf"(?<!\w){body}(?!\w)", re.IGNORECASE)
 
 
@@ -567,7 +593,7 @@ def distinct_n(texts: Iterable[str], n: int = 2) -> float:
     seen: set[tuple[str, ...]] = set()
     total = 0
     for text in texts:
-        w = _words(text)
+        w = words(text)
         grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
         total += len(grams)
         seen.update(grams)
@@ -622,9 +648,9 @@ def _shingle_hashes(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.nd
     word_ids: list[int] = []
     lengths = np.zeros(len(texts), dtype=np.int64)
     for k, text in enumerate(texts):
-        words = _words(text)
-        lengths[k] = len(words)
-        for w in words:
+        tokens = words(text)
+        lengths[k] = len(tokens)
+        for w in tokens:
             if w not in vocab:
                 vocab[w] = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
             word_ids.append(vocab[w])

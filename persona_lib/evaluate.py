@@ -31,8 +31,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -141,15 +139,12 @@ def spread(records: Sequence[dict], n: int | None, seed: int, key: str = "kind")
 
 def eval_sets(spec: PersonaSpec, config: EvalConfig) -> dict:
     """Held-out prompts, dialogues and knowledge questions for `spec`, with notes on fallbacks."""
-    from persona_lib.dataset import load_dialogues, load_heldout, load_knowledge
+    from persona_lib.dataset import has_heldout, heldout_prompts, load_dialogues, load_knowledge
 
     notes = []
-    if (paths.eval_dir() / f"{spec.slug}_heldout.jsonl").is_file():
-        prompts = load_heldout(spec.slug)
-    else:
+    prompts = heldout_prompts(spec, kind=None)
+    if not has_heldout(spec.slug):
         notes.append(f"no shipped held-out prompts for {spec.slug}: the spec's example questions stand in")
-        prompts = [{"id": f"example-{k}", "kind": "ordinary", "messages": [{"role": "user", "content": ex["user"]}]}
-                   for k, ex in enumerate(spec.examples, start=1)]
     if (paths.eval_dir() / f"{spec.slug}_dialogues.jsonl").is_file():
         dialogues = load_dialogues(spec.slug)
     else:
@@ -215,12 +210,9 @@ def placeholder_adapter(base_id: str, out_dir: str | os.PathLike, *, r: int = 4,
     config = LoraConfig(r=r, lora_alpha=r, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                         init_lora_weights=False, task_type="CAUSAL_LM")  # False: random B, so it changes outputs
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))  # a killed run leaves no half adapter
-    get_peft_model(model, config).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with io.atomic_output(out) as tmp:  # a killed run leaves no half adapter
+        get_peft_model(model, config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return out
 
 

@@ -235,7 +235,7 @@ def system_message(spec: PersonaSpec, item: Item) -> str:
         lines.append("Avoid: " + "; ".join(spec.avoid) + ".")
     if spec.examples:
         ex = spec.examples[item.index % len(spec.examples)]
-        lines += ["", f"An example of the voice (do not copy it):", f"User: {ex['user'].strip()}",
+        lines += ["", "An example of the voice (do not copy it):", f"User: {ex['user'].strip()}",
                   f"{spec.name}: {ex['assistant'].strip()}"]
     lines += [
         "",

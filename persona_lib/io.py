@@ -1,9 +1,11 @@
-"""Small file helpers: every artifact is written atomically (temp file, then rename)."""
+"""Small file helpers: every artifact is written atomically (temp file or folder, then rename)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -58,3 +60,33 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return list(iter_jsonl(path))
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_output(final: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `final` (file or folder) that becomes `final` only when the
+    block ends without error; otherwise it is removed and `final` is left as it was.
+
+    A partial path left by a run that was killed outright is cleared on the next try.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial")
+    remove(tmp)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise RuntimeError(f"the step writing {final} finished without writing anything")
+        if final.exists():
+            remove(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            remove(tmp)

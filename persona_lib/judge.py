@@ -376,6 +376,10 @@ class Judge:
             return {"error": error}
         with self._lock:
             self._cache[key] = result
+            if self.cache_path is not None:  # appended as it arrives: a failure later loses no paid answer
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                with self.cache_path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"key": key, "result": result}, ensure_ascii=False) + "\n")
         return result
 
     def _key(self, *parts) -> str:
@@ -444,6 +448,7 @@ class Judge:
     # ---- bookkeeping
 
     def save_cache(self) -> None:
+        """Rewrite the cache file compactly (one line per answer), atomically."""
         if self.cache_path is None:
             return
         with self._lock:

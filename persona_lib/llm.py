@@ -11,7 +11,7 @@ printing, logging or serialising an endpoint never shows the key. `chat` retries
 time-outs and dropped connections with exponential backoff and full jitter, waits what a
 Retry-After header asks, and speaks both structured-output dialects: OpenAI's
 `{"type": "json_schema", ...}` and llama.cpp's `{"type": "json_object", "schema": ...}` (the
-llama.cpp server answers the first with HTTP 500; see DESIGN.md).
+llama.cpp server answers the first with HTTP 500; tests/test_llm.py shows it).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from persona_lib.dataset import GENERIC_PHRASES, distinct_n, phrase_pattern
+from persona_lib.dataset import GENERIC_PHRASES, distinct_n, normalise, phrase_pattern, words
 
 # --------------------------------------------------------------------------- intervals
 
@@ -115,12 +115,6 @@ def phrase_shares(replies: Sequence[str], phrases: Sequence[str]) -> dict[str, f
 
 # --------------------------------------------------------------------------- length and diversity
 
-_WORD = re.compile(r"\w+(?:'\w+)*")
-
-
-def words(text: str) -> list[str]:
-    """Lowercased word tokens (typographic apostrophes folded), the unit of every text measure."""
-    return _WORD.findall(text.replace("\u2019", "'").casefold())
 
 
 def length_stats(lengths: Sequence[float]) -> dict:
@@ -280,11 +274,6 @@ def persona_measures(replies: Sequence[str], spec, *, tokenizer=None, classifier
 
 
 # --------------------------------------------------------------------------- knowledge
-
-
-def normalise(text: str) -> str:
-    """Casefolded, runs of whitespace as one space, typographic apostrophes as '."""
-    return " ".join(text.replace("\u2019", "'").replace("\u2018", "'").casefold().split())
 
 
 def fact_recalled(answer: str, accept: Sequence[str]) -> bool:

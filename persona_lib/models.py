@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from persona_lib.paths import cache_dir
@@ -90,18 +88,12 @@ def _load_gguf_tokenizer():
 
 def _build_atomically(dest: Path, build) -> Path:
     """Run `build(tmpdir)` and move the result to `dest`; an interrupted build leaves nothing
-    under `dest`, and a concurrent builder that finished first wins."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    try:
+    under `dest` (`io.atomic_output`)."""
+    from persona_lib.io import atomic_output
+
+    with atomic_output(dest) as tmp:
+        tmp.mkdir()
         build(tmp)
-        try:
-            tmp.rename(dest)
-        except OSError:
-            if not (dest / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from persona_lib import export as ex
+from persona_lib import io
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = [{"role": "user", "content": "I have three deadlines this week. Where do I start?"}]
@@ -135,11 +136,11 @@ def test_check_resources_says_what_a_step_needs(tmp_path):
 def test_atomic_output_leaves_nothing_when_interrupted(tmp_path):
     final = tmp_path / "model.gguf"
     with pytest.raises(KeyboardInterrupt):
-        with ex.atomic_output(final) as tmp:
+        with io.atomic_output(final) as tmp:
             tmp.write_bytes(b"half a file")
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
-    with ex.atomic_output(final) as tmp:
+    with io.atomic_output(final) as tmp:
         tmp.write_bytes(b"whole")
     assert final.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [final]
 

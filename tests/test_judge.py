@@ -219,6 +219,22 @@ def test_a_rerun_with_the_cache_resumes_without_new_requests(spec, tmp_path):
     assert second == first and again.usage()["cached"] == 2 and again.usage()["requests"] == 0
 
 
+def test_answers_paid_for_before_a_failure_are_kept(spec, tmp_path):
+    """Each answer is appended to the cache as it arrives: when the batch dies half-way (here the
+    budget runs out on the third reply), a rerun does not pay for the first two again."""
+    cache = tmp_path / "judgments.jsonl"
+    with ObeysOutsideFence() as server:
+        judge = Judge(JudgeConfig(model="scripted", max_calls=2, concurrency=1), base_url=server.base_url, cache=cache)
+        judge.score(spec, CONV, "a")
+        judge.score(spec, CONV, "b")
+        with pytest.raises(JudgeBudgetError):
+            judge.score(spec, CONV, "c")
+        assert len(cache.read_text().splitlines()) == 2  # on disk before any save_cache()
+        again = Judge(JudgeConfig(model="scripted"), base_url=server.base_url, cache=cache)
+        again.score_many(spec, [(CONV, "a"), (CONV, "b"), (CONV, "c")], progress=False)
+        assert len(server.requests) == 3 and again.usage()["cached"] == 2
+
+
 def test_the_call_budget_is_checked_before_anything_is_spent(spec):
     with ObeysOutsideFence() as server:
         judge = make_judge(server, max_calls=3)

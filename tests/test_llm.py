@@ -204,7 +204,7 @@ def test_local_server_errors_are_clear(tmp_path):
 
 
 def test_local_llamacpp_server_speaks_its_dialect_and_shuts_down():
-    """The real server: OpenAI's json_schema dialect gets HTTP 500 (DESIGN.md); chat() answers
+    """The real server: OpenAI's json_schema dialect gets HTTP 500; chat() answers
     with schema-valid JSON anyway; leaving the block stops the process and frees the port."""
     import openai
 

@@ -4,7 +4,6 @@ import re
 from importlib import metadata
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +30,7 @@ def test_shared_pins_sit_inside_unsloths_ranges():
         assert version_tuple(shared[name]) <= cap, f"{name}=={shared[name]} is above unsloth's cap {cap}"
     for name, below in UNSLOTH_BELOW.items():
         assert version_tuple(shared[name]) < below
-    assert shared["trl"] != "1.15.0", "trl 1.15.0 crashes on CPU at the first step (DESIGN.md)"
+    assert shared["trl"] != "1.15.0", "trl 1.15.0 crashes on CPU at the first step (its fused LM-head loss calls Triton)"
     assert "torch" not in shared, "torch must not be in the shared pins: Colab keeps its own build"
 
 
@@ -54,7 +53,7 @@ def test_installed_versions_are_the_pinned_ones():
 def test_colab_install_cell_uses_the_same_release_and_unsloth_pins():
     from persona_lib import colab
 
-    assert colab.RELEASE_TAG in colab.INSTALL_CELL
+    assert colab.RELEASE_TAG in colab.install_cell()
     assert all("==" in req for req in colab.UNSLOTH_NO_DEPS + colab.UNSLOTH_WITH_DEPS)
     names = [req.split("==")[0] for req in colab.UNSLOTH_NO_DEPS + colab.UNSLOTH_WITH_DEPS]
     assert "torch" not in names and "torchvision" not in names

@@ -14,7 +14,7 @@
 # `spec/spec.yaml` (the spec every later lesson reads) and `spec/before.jsonl` (the base
 # model's answers, the baseline lesson 5 compares against).
 
-# %% install
+# %% install smollm2
 
 # %% parameters
 SMOKE = False  # True: the tiny random-init model and two prompts; CI runs every notebook this way
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from persona_lib import colab, models, paths
 from persona_lib.chat import generate_replies
-from persona_lib.pipeline import heldout_prompts
+from persona_lib.dataset import heldout_prompts
 from persona_lib.spec import load_spec, rubric_text, save_spec, system_prompt, validate_spec
 from persona_lib.widgets import spec_editor
 

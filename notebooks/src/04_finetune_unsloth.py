@@ -18,7 +18,7 @@
 # loss log and curve, `manifest.json` (config, versions, data hash, timings) and
 # `before_after.jsonl`. Lessons 5, 6 and 7 load the adapter from there.
 
-# %% install
+# %% install smollm2
 
 # %% parameters
 SMOKE = False  # True: the tiny random-init model, a few steps, 2 prompts; CI runs every notebook this way
@@ -36,7 +36,7 @@ from pathlib import Path
 
 from persona_lib import colab, dataset, io, metrics, models, paths, plots, train
 from persona_lib.chat import generate_replies
-from persona_lib.pipeline import heldout_prompts
+from persona_lib.dataset import heldout_prompts
 from persona_lib.spec import load_spec
 
 runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
