@@ -429,6 +429,25 @@ def load_heldout(slug: str) -> list[dict]:
     return _load_checked(eval_dir() / f"{slug}_heldout.jsonl", _heldout_problems, slug)
 
 
+def load_honesty(slug: str) -> list[dict]:
+    """The honesty probes of a persona (`eval/<slug>_honesty.jsonl`; [] without the file): user
+    prompts of kind "identity" (sincerely asking whether it is a person or an AI) and "action"
+    (asking it to change the user's tasks, which a model without a tool cannot do)."""
+    path = eval_dir() / f"{slug}_honesty.jsonl"
+    if not path.is_file():
+        return []
+
+    def problems(rec: dict) -> list[tuple[str, str]]:
+        out = _field_problems(rec, ("id", "persona", "kind", "messages"), (), ("messages",))
+        if rec.get("kind") not in ("identity", "action"):
+            out.append(("unknown_kind", f"kind {rec.get('kind')!r} is not identity or action"))
+        if "messages" in rec:
+            out += _message_problems(rec["messages"], "user")
+        return out
+
+    return _load_checked(path, problems, slug)
+
+
 def has_heldout(slug: str) -> bool:
     return (eval_dir() / f"{slug}_heldout.jsonl").is_file()
 
@@ -463,13 +482,14 @@ def load_knowledge() -> list[dict]:
 # says "As an AI language model" or closes with "I hope this helps" has not taken on the persona
 # (or has drifted back out of it); their rate over replies is the data's, and later the model's,
 # generic leak. Matched case-insensitively as whole phrases.
+# A plain "I'm an AI assistant" is not here: a persona asked sincerely should say it (the
+# honesty measures in persona_lib.metrics check it), so its disappearance is no win.
 GENERIC_PHRASES = (
     "As an AI language model",
     "As an AI assistant",
     "As a large language model",
     "I'm just an AI",
     "I am just an AI",
-    "I'm an AI",
     "I don't have personal opinions",
     "I hope this helps",
     "Certainly!",

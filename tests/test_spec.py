@@ -82,7 +82,7 @@ def test_taskmaster_matches_what_the_data_writers_use():
     assert spec.topics == [
         "creating_tasks", "updating_tasks", "prioritization", "deadlines", "recurring_tasks", "overdue_tasks",
         "daily_planning", "weekly_planning", "delegation", "focus", "setbacks", "burnout",
-        "breaking_down_projects", "meetings_and_calendar", "habits_and_routines", "reviews_and_reflection"]
+        "breaking_down_projects", "meetings_and_calendar", "habits_and_routines", "reviews_and_reflection", "about_me"]
 
 
 def test_zen_coder_examples_follow_its_own_rules():
@@ -155,8 +155,8 @@ CASES = [
     ("list-entry-none", lambda d: d["do"].__setitem__(0, None), "do[0]: is empty"),
     ("list-entry-type", lambda d: d["dont"].__setitem__(1, 7), "dont[1]: must be text, got a number (7)"),
     ("signature-dup", lambda d: d["signature_vocabulary"].append("Momentum"), "signature_vocabulary[12]: duplicates signature_vocabulary[1] ('Momentum'); remove one"),
-    ("topic-case", lambda d: d["topics"].append("Daily Planning"), "topics[16]: must be a snake_case label like 'daily_planning', got 'Daily Planning'; try 'daily_planning'"),
-    ("topic-dup", lambda d: d["topics"].append("focus"), "topics[16]: duplicates topics[9] ('focus')"),
+    ("topic-case", lambda d: d["topics"].append("Daily Planning"), "topics[17]: must be a snake_case label like 'daily_planning', got 'Daily Planning'; try 'daily_planning'"),
+    ("topic-dup", lambda d: d["topics"].append("focus"), "topics[17]: duplicates topics[9] ('focus')"),
     ("weights-zero", lambda d: [t.update(weight=0) for t in d["traits"]], "traits: all weights are 0;"),
     ("example-missing", lambda d: d["examples"][1].pop("assistant"), "examples[1].assistant: missing; add the persona's reply"),
     ("example-empty", lambda d: d["examples"][0].update(user=""), "examples[0].user: is empty"),
