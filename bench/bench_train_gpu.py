@@ -110,7 +110,9 @@ def worker(backend: str, path: str, seq: int, steps: int, warmup: int, seed: int
     import bitsandbytes as bnb
     import torch
 
-    bf16 = torch.cuda.is_bf16_supported()
+    from persona_lib.train import native_bf16
+
+    bf16 = native_bf16(cuda=True)
     dtype = torch.bfloat16 if bf16 else torch.float16
     start = time.perf_counter()
     model = load_unsloth(path, seq, seed) if backend == "unsloth" else load_transformers(path, dtype, seed)

@@ -82,7 +82,9 @@ def generate_replies(
         bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            batch = tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
+            # On the model's device: plain transformers moves inputs itself, but Unsloth's fast
+            # generation path does not, and a CPU batch meets CUDA weights there.
+            batch = tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt").to(model.device)
             with torch.inference_mode():
                 out = model.generate(
                     **batch,

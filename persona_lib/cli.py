@@ -92,8 +92,20 @@ def target_lines(report_path) -> list[str]:
     rows = [("persona consistency", interval(pc), pc["met"], f"{pc['question']} ({pc['measure']})"),
             ("knowledge", interval(kn, " pp"), kn["met"], kn["question"]),
             ("diversity", "n/a" if dv["ratio"] is None else f"{dv['ratio']:.2f}", dv["met"], dv["question"])]
-    return ["target               value                    met      question"] + [
+    lines = ["target               value                    met      question"] + [
         f"{name:<20} {value:<24} {'yes' if met else 'no':<8} {what}" for name, value, met, what in rows]
+    honesty = read_json(report_path).get("honesty") or {}
+    systems = honesty.get("systems", {})
+    if "tuned" in systems and "base_prompted" in systems:
+        def share(m: dict) -> str:
+            return "n/a" if m["mean"] is None else f"{m['mean']:.0%}"
+
+        b, t = systems["base_prompted"], systems["tuned"]
+        lines += ["", f"honesty: says it is an AI when sincerely asked: base + prompt {share(b['admits_ai'])}, "
+                      f"tuned {share(t['admits_ai'])}; claims an action it cannot take: base + prompt "
+                      f"{share(b['claims_action'])}, tuned {share(t['claims_action'])} "
+                      f"({honesty['probes']['identity']} + {honesty['probes']['action']} probes)"]
+    return lines
 
 
 def _short(summary: dict) -> str:

@@ -40,6 +40,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from persona_lib import io, metrics, paths
+from persona_lib.dataset import load_honesty
 from persona_lib.models import load_tokenizer
 from persona_lib.spec import PersonaSpec, load_spec, system_prompt
 
@@ -378,6 +379,9 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
     knowledge_answers = {s: gen.replies(s, questions, config.knowledge_max_new_tokens, "knowledge")
                          for s in ("base", "tuned")}
     drift_replies = _drift(gen, dialogues, config) if dialogues else {}
+    probes = load_honesty(spec.slug)
+    honesty_answers = {s: gen.replies(s, [p["messages"] for p in probes], config.max_new_tokens, "honesty")
+                       for s in systems} if probes else {}
 
     # ---- deterministic measures
     kinds = [p.get("kind", "ordinary") for p in prompts]
@@ -394,6 +398,7 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
     tuned_recall = metrics.knowledge_recall(knowledge, knowledge_answers["tuned"])
     recall_diff = metrics.recall_difference(base_recall, tuned_recall, **ci)
     drift = _drift_measures(spec, drift_replies, classifier, config) if drift_replies else {}
+    honesty = honesty_report(probes, honesty_answers, ci)
 
     # ---- the judge, then the targets
     judge_report = run_judge(judge, second_judge, spec, prompts, answers, dialogues, drift_replies, drift, out, config)
@@ -413,6 +418,7 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
         "knowledge": {"base": base_recall, "tuned": tuned_recall, "difference_pp": recall_diff,
                       "questions": len(knowledge)},
         "drift": drift,
+        "honesty": honesty,
         "judge": judge_report,
         "targets": targets,
         "timing": {"generation_seconds": gen.seconds, "replies_generated": gen.generated,
@@ -423,6 +429,24 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
     report["timing"]["total_seconds"] = time.perf_counter() - started
     io.write_json(out / "report.json", report)
     return report
+
+
+def honesty_report(probes: list[dict], answers: dict[str, list[str]], ci: dict) -> dict:
+    """Per system, the honesty measures on the probes; tuned against base with the persona
+    prompt, paired over probes (a persona must stay honest when the prompt is gone)."""
+    if not probes:
+        return {}
+    measures = {s: metrics.honesty_measures(probes, replies, **ci) for s, replies in answers.items()}
+    paired = {}
+    if "tuned" in measures and "base_prompted" in measures:
+        a, b = measures["base_prompted"]["per_reply"], measures["tuned"]["per_reply"]
+        paired = {k: metrics.paired_bootstrap(a[k], b[k], **ci) for k in ("admits_ai", "claims_action")}
+    return {"probes": {"identity": sum(p["kind"] == "identity" for p in probes),
+                       "action": sum(p["kind"] == "action" for p in probes)},
+            "systems": {s: {k: v for k, v in m.items() if k != "per_reply"} for s, m in measures.items()},
+            "tuned_minus_base_prompted": paired,
+            "replies": [{"id": p["id"], "kind": p["kind"], "prompt": p["messages"][-1]["content"],
+                         **{s: answers[s][k] for s in answers}} for k, p in enumerate(probes)]}
 
 
 def _by_kind(per_reply: dict, kinds: list[str], ci: dict) -> dict:
@@ -748,6 +772,17 @@ def summary_markdown(report: dict) -> str:
     lines += ["", f"Persona classifier ({', '.join(report['classifier']['labels'])}): held-out accuracy "
                   f"{_fmt(c.get('accuracy'))} ({c['method']}), balanced accuracy "
                   f"{c.get('balanced_accuracy', float('nan')):.2f}."]
+    honesty = report.get("honesty") or {}
+    if honesty:
+        n = honesty["probes"]
+        lines += ["", f"## An honest voice ({n['identity']} sincere 'are you a person?' probes, {n['action']} "
+                      "requests to change tasks)", "",
+                  "| system | says it is an AI when asked (higher is better) | claims an action it cannot take (lower is better) |",
+                  "|---|---|---|"]
+        for s, m in honesty["systems"].items():
+            lines.append(f"| {LABELS[s]} | {_fmt(m['admits_ai'])} | {_fmt(m['claims_action'])} |")
+        for k, d in honesty["tuned_minus_base_prompted"].items():
+            lines.append(f"\nTuned - base + prompt, {k.replace('_', ' ')}: {_fmt(d)} (paired over probes).")
     lines += ["", "## Paired differences (P(persona), per prompt)", "", "| comparison | difference | P(no gain) |", "|---|---|---|"]
     for name, p in report["paired"].items():
         lines.append(f"| {name.replace('_', ' ')} | {_fmt(p)} | {p['p_le_0']:.3f} |" if p["n"] else f"| {name} | n/a | |")

@@ -107,40 +107,34 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
+def work_dir(run: str | os.PathLike) -> Path:
+    """Where lesson 7 writes: `<run>/export`, except on Colab. There the run folder is on Google
+    Drive (15 GB free) while a 3B model's merge, f16 GGUF and two quantized files take about
+    25 GB: they go to the runtime's local disk, and `keep` copies what the learner keeps to Drive."""
+    from persona_lib.colab import LOCAL_DISK, in_colab
+
+    run = Path(run)
+    return Path(LOCAL_DISK) / "export" / run.name if in_colab() else run / "export"
+
+
+def keep(files: Sequence[str | os.PathLike], dest: str | os.PathLike) -> list[Path]:
+    """Copy `files` into `dest` (each atomically, after checking the disk there); a file that is
+    already in `dest` stays. Returns the kept paths."""
+    dest = Path(dest)
+    files = [Path(f) for f in files]
+    todo = [f for f in files if f.parent.resolve() != dest.resolve()]
+    if todo:
+        check_resources("keep", dest, disk=1.05 * sum(size_of(f) for f in todo))
+    for f in todo:
+        with io.atomic_output(dest / f.name) as tmp:
+            shutil.copyfile(f, tmp)
+    return [dest / f.name for f in files]
 
 
 def size_of(path: str | os.PathLike) -> int:
     """Bytes of a file, or of every file under a folder."""
     path = Path(path)
     return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-@contextlib.contextmanager
-def atomic_output(final: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside `final` (file or folder) that becomes `final` only when the
-    block ends without error; otherwise it is removed and `final` is left as it was.
-
-    A partial path left by a run that was killed outright is cleared on the next try.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.partial")
-    _remove(tmp)
-    try:
-        yield tmp
-        if not tmp.exists():
-            raise ExportError(f"the step writing {final} finished without writing anything")
-        if final.exists():
-            _remove(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            _remove(tmp)
 
 
 def once(final: str | os.PathLike, make, *, force: bool = False) -> Path:
@@ -286,7 +280,7 @@ def _converter_view(hf_dir: Path, beside: Path) -> Iterator[Path]:
         yield hf_dir
         return
     view = beside.with_name(f".{beside.name}.source")
-    _remove(view)
+    io.remove(view)
     view.mkdir(parents=True)
     try:
         for entry in hf_dir.iterdir():
@@ -295,7 +289,7 @@ def _converter_view(hf_dir: Path, beside: Path) -> Iterator[Path]:
         (view / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
         yield view
     finally:
-        _remove(view)
+        io.remove(view)
 
 
 def adapter_base(adapter_dir: str | os.PathLike) -> str:
@@ -358,7 +352,7 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     # the shards passing through on their way to the card); disk: one copy.
     check_resources("merge", out_dir.parent, disk=1.1 * n * width, memory=(0.3 if cuda else 2.2) * n * width)
     tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
-    with atomic_output(out_dir) as tmp:
+    with io.atomic_output(out_dir) as tmp:
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype),
                                                      device_map="cuda" if cuda else None)
         model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
@@ -392,7 +386,7 @@ def random_adapter(out_dir: str | os.PathLike, base: str = "tiny", *, seed: int 
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, std)
-    with atomic_output(out_dir) as tmp:
+    with io.atomic_output(out_dir) as tmp:
         peft_model.save_pretrained(tmp)
         load_tokenizer(base_path).save_pretrained(tmp)
     return Path(out_dir)
@@ -446,7 +440,7 @@ def convert_to_gguf(hf_dir: str | os.PathLike, out_path: str | os.PathLike, *, o
     n = param_count(hf_dir)
     # The converter streams tensors lazily; a few of the largest in flight, counted as one copy.
     check_resources(f"convert {hf_dir.name} -> {out_path.name}", out_path.parent, disk=1.1 * n * 2, memory=n * 2)
-    with atomic_output(out_path) as tmp, _converter_view(hf_dir, out_path) as source:
+    with io.atomic_output(out_path) as tmp, _converter_view(hf_dir, out_path) as source:
         args = [source, "--outfile", tmp, "--outtype", outtype, "--model-name", hf_dir.name]
         _run_script("convert_hf_to_gguf.py", args, out_path.parent / "logs" / f"{out_path.name}.log")
         _check_gguf(tmp)
@@ -472,7 +466,7 @@ def quantize_gguf(src: str | os.PathLike, out_path: str | os.PathLike, quant: st
     level = log.level
     log.setLevel(logging.CRITICAL)
     try:
-        with atomic_output(out_path) as tmp:
+        with io.atomic_output(out_path) as tmp:
             code = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
             if code != 0:
                 raise ExportError(f"llama_model_quantize({src} -> {quant}) failed with code {code}")
@@ -490,7 +484,7 @@ def convert_lora(adapter_dir: str | os.PathLike, out_path: str | os.PathLike, *,
     n_bytes = (adapter_dir / "adapter_model.safetensors").stat().st_size
     check_resources(f"convert {adapter_dir.parent.name}/{adapter_dir.name} -> {out_path.name}", out_path.parent,
                     disk=1.1 * n_bytes, memory=2 * n_bytes)
-    with atomic_output(out_path) as tmp:
+    with io.atomic_output(out_path) as tmp:
         _run_script("convert_lora_to_gguf.py", ["--base", base_dir, "--outfile", tmp, "--outtype", "f16", adapter_dir],
                     out_path.parent / "logs" / f"{out_path.name}.log")
         _check_gguf(tmp)
@@ -583,10 +577,24 @@ def greedy_ids(llm, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]
     return out
 
 
-def chat_check(llm, messages: Sequence[dict], *, max_tokens: int = 64, end_of_turn: str = IM_END) -> dict:
+def end_of_turn_text(llm) -> str:
+    """What the GGUF's own chat template writes right after an assistant message: the text
+    that ends a turn (`<|im_end|>` in ChatML, `<|eot_id|>` in Llama 3), found by rendering a
+    probe conversation, so any template family is read the same way."""
+    probe = "ASSISTANT-7f3a9"
+    prompt = gguf_prompt(llm, [{"role": "user", "content": "u"}, {"role": "assistant", "content": probe},
+                               {"role": "user", "content": "v"}])
+    after = prompt.split(probe, 1)[1]
+    eos = token_text(llm, llm.token_eos())
+    return eos if after.startswith(eos) else after.strip().split()[0] if after.strip() else ""
+
+
+def chat_check(llm, messages: Sequence[dict], *, max_tokens: int = 64, end_of_turn: str | None = None) -> dict:
     """Chat once in llama.cpp and check the end of a turn.
 
-    - the GGUF's EOS is `end_of_turn` and llama.cpp treats it as end-of-generation;
+    - the GGUF's EOS is the token that ends an assistant turn (`end_of_turn`, by default what
+      the GGUF's own chat template writes after an assistant message) and llama.cpp treats it
+      as end-of-generation;
     - a free greedy reply (`finish_reason` "stop" when the model ended its turn itself);
     - with the end-of-turn token forced as the first token (a logit bias), the reply must
       come back empty with `finish_reason` "stop": llama.cpp stops there and does not print it.
@@ -598,7 +606,8 @@ def chat_check(llm, messages: Sequence[dict], *, max_tokens: int = 64, end_of_tu
                                         logit_bias={eos: 100.0})["choices"][0]
     result = {
         "eos_token": eos_text,
-        "eos_is_end_of_turn": eos_text == end_of_turn,
+        "end_of_turn": end_of_turn or end_of_turn_text(llm),
+        "eos_is_end_of_turn": eos_text == (end_of_turn or end_of_turn_text(llm)),
         "eos_is_end_of_generation": is_end_of_generation(llm, eos),
         "reply": reply["message"]["content"],
         "finish_reason": reply["finish_reason"],
@@ -680,7 +689,7 @@ def hf_greedy_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
     try:
         for start in tqdm(range(0, len(prompts), batch_size), desc="HF greedy", disable=not progress):
             batch = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt", padding=True,
-                              add_special_tokens=False)
+                              add_special_tokens=False).to(model.device)  # as in chat.generate_replies
             with torch.inference_mode():
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -739,7 +748,11 @@ def export_parity(hf_dir: str | os.PathLike, ggufs: Mapping[str, str | os.PathLi
 
     ids = list(ids) if ids is not None else [f"prompt-{i}" for i in range(len(conversations))]
     tokenizer = load_tokenizer(hf_dir)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    # On a GPU in 16-bit (the merged 3B model in fp32 on the CPU is ~12.9 GB, more than Colab
+    # free's RAM); on a CPU in fp32, where 16-bit matmuls are slow or emulated.
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float16 if cuda else torch.float32,
+                                                 device_map="cuda" if cuda else None)
     texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True) for c in conversations]
     hf_prompts, hf_ids = hf_greedy_ids(model, tokenizer, texts, max_new_tokens, progress=progress)
     del model
@@ -905,7 +918,7 @@ def export(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, config: E
     `spec`: the persona (a PersonaSpec or slug) for the parity prompts and signature phrases;
     default: the slug of the run folder the adapter sits in (<runs>/<slug>/adapter).
     """
-    from persona_lib.pipeline import heldout_prompts
+    from persona_lib.dataset import heldout_prompts
     from persona_lib.spec import PersonaSpec, load_spec
 
     config = config or ExportConfig()

@@ -278,7 +278,7 @@ def resolve_precision(requested: str, *, cuda: bool, bf16_supported: bool) -> tu
     fp16 mixed precision. On a CPU, "bf16" keeps the frozen base weights in bf16 and the LoRA
     weights in fp32, with no autocast; measured on an AVX512-BF16 EPYC it trains 1.3-1.5x
     faster than fp32, while a CPU without native bf16 multiplies bf16 about 17x slower (what
-    made TRL's bf16 default ~20x slower on the design notes' AVX2 box), so there it falls back.
+    made TRL's bf16 default ~20x slower on an AVX2-only EPYC), so there it falls back.
     """
     if requested not in PRECISIONS:
         raise ValueError(f"precision={requested!r}: use one of {', '.join(PRECISIONS)}")
@@ -296,6 +296,16 @@ def resolve_precision(requested: str, *, cuda: bool, bf16_supported: bool) -> tu
     if requested == "bf16" and not bf16_supported:
         return "fp16", "this GPU has no bf16 (a T4 is Turing, bf16 needs Ampere or newer): using fp16 mixed precision."
     return requested, None
+
+
+def native_bf16(cuda: bool) -> bool:
+    """Whether this machine computes bf16 in hardware: on a GPU, compute capability 8.0 or newer
+    (Ampere); on a CPU, `cpu_has_native_bf16`. Not `torch.cuda.is_bf16_supported()`: by default
+    it only checks that a bf16 tensor can be made, so it says True on a T4 (capability 7.5),
+    where Unsloth loads the model in fp16 and its trainer then refuses bf16 with a TypeError."""
+    import torch
+
+    return torch.cuda.get_device_capability()[0] >= 8 if cuda else cpu_has_native_bf16()
 
 
 def cpu_has_native_bf16() -> bool:
@@ -865,8 +875,7 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
     check_quantization(config.load_in_4bit, cuda=cuda)
     backend = choose_backend(config.backend, cuda=cuda,
                              unsloth_installed=importlib.util.find_spec("unsloth") is not None)
-    native_bf16 = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
-    precision, note = resolve_precision(config.precision, cuda=cuda, bf16_supported=native_bf16)
+    precision, note = resolve_precision(config.precision, cuda=cuda, bf16_supported=native_bf16(cuda))
     if note:
         print(note)
     if eval_records is None:

@@ -86,8 +86,12 @@ class SpecEditor:
         ])
         self.refresh()
 
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+    def _ipython_display_(self):
+        """Show the form when the editor is a cell's last value. ipywidgets 7 (Colab's) displays
+        widgets through this hook and 8 through `_repr_mimebundle_`; `display` serves both."""
+        from IPython.display import display
+
+        display(self.widget)
 
     # ------------------------------------------------------------------ rows
 

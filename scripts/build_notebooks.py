@@ -2,7 +2,7 @@
 
 The .py sources are what people review and edit; the .ipynb files are what Colab opens.
 This script adds what every notebook shares, so it is written once: the Colab badge at the
-release tag, the install cell (persona_lib.colab.INSTALL_CELL), the `parameters` tag for
+release tag, the install cell (persona_lib.colab.install_cell), the `parameters` tag for
 papermill, Colab metadata (T4 GPU), and no outputs. tests/test_notebooks.py fails when a
 committed notebook differs from what this script builds.
 
@@ -10,8 +10,8 @@ committed notebook differs from what this script builds.
     python scripts/build_notebooks.py --check  # exit 1 if any notebook is stale
 
 Source format: cells start with `# %%` (code) or `# %% [markdown]` (markdown lines are
-comments); `# %% parameters` is the tagged parameters cell; `# %% install` stands for the
-shared install cell.
+comments); `# %% parameters` is the tagged parameters cell; `# %% install [NEED ...]` stands
+for the install cell with what the lesson needs beyond the library (persona_lib.colab.NEEDS).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from persona_lib.colab import INSTALL_CELL, badge_markdown
+from persona_lib.colab import badge_markdown, install_cell
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "notebooks" / "src"
@@ -47,13 +47,13 @@ def _cell(kind: str, lines: list[str], tags: list[str] | None = None) -> dict:
 
 def parse(source: str, notebook_name: str) -> list[dict]:
     cells: list[dict] = []
-    header, lines = None, []
+    header, lines, needs = None, [], []
 
     def flush():
         if header is None:
             return
         if header == "install":
-            cells.append(_cell("code", INSTALL_CELL.splitlines()))
+            cells.append(_cell("code", install_cell(needs).splitlines()))
         elif header == "markdown":
             text = [line[2:] if line.startswith("# ") else line.lstrip("#") for line in lines]
             if not any(c["cell_type"] == "markdown" for c in cells):
@@ -66,6 +66,8 @@ def parse(source: str, notebook_name: str) -> list[dict]:
         if line.startswith("# %%"):
             flush()
             rest = line[4:].strip()
+            if rest.startswith("install"):
+                rest, needs = "install", rest.split()[1:]
             header = {"[markdown]": "markdown", "parameters": "parameters", "install": "install", "": "code"}[rest]
             lines = []
         else:

@@ -334,3 +334,39 @@ def test_export_record_parity_and_resume(exported, capsys):
     again = ex.export(exported["adapter"], out, ex.ExportConfig.smoke(), progress=False)
     assert all(s["skipped"] for s in again["steps"].values())
     assert "already there, skipping" in capsys.readouterr().out
+
+
+class _TemplateOnly:
+    """What chat_check reads from a GGUF to find the end of a turn: its chat template and its
+    BOS/EOS texts. Stands in for a Llama 3.2 GGUF, which the tiny test model cannot become."""
+
+    chat_format = "chat_template.default"
+
+    def __init__(self, template: str, bos: str, eos: str):
+        self.metadata = {"tokenizer.chat_template": template}
+        self.texts = {0: bos, 1: eos}
+
+    def token_bos(self):
+        return 0
+
+    def token_eos(self):
+        return 1
+
+    def detokenize(self, tokens, special=False):
+        return "".join(self.texts[t] for t in tokens).encode()
+
+
+def test_end_of_turn_is_read_from_the_templates_own_rendering():
+    """Lesson 7 on Colab's default model (Llama 3.2): the end of a turn is <|eot_id|>, found
+    the same way as SmolLM2's <|im_end|>, so the check does not assume ChatML."""
+    from fixtures.chat_tokenizers import HERE
+
+    llama3 = _TemplateOnly((HERE / "llama3_2_chat_template.jinja").read_text(), "<|begin_of_text|>", "<|eot_id|>")
+    assert ex.end_of_turn_text(llama3) == "<|eot_id|>"
+    from persona_lib.models import load_tokenizer
+
+    tok = load_tokenizer("tiny")
+    chatml = _TemplateOnly(tok.chat_template, tok.bos_token or "", "<|im_end|>")
+    assert ex.end_of_turn_text(chatml) == "<|im_end|>"
+    wrong = _TemplateOnly(tok.chat_template, tok.bos_token or "", "<|endoftext|>")  # an EOS that ends no turn
+    assert ex.end_of_turn_text(wrong) != "<|endoftext|>"

@@ -86,6 +86,8 @@ class _EchoModel:
     """Stands in for a model: 'generates' its whole unpadded prompt again, so each reply says
     which prompt it was made from, whatever batch the prompt landed in."""
 
+    device = "cpu"
+
     def __init__(self):
         self.batches = []
 
@@ -115,6 +117,26 @@ def test_batched_replies_come_back_in_the_callers_order(tiny):
     assert [sum(t in r for t in texts) for r in replies] == [1] * len(texts)  # "Hi." is in no other prompt
     assert model.batches == sorted(model.batches, reverse=True)  # longest batch first
     assert tok.padding_side == side
+
+
+def test_batches_go_to_the_models_device(tiny):
+    """Unsloth's fast generation does not move inputs to the model's device (plain transformers
+    does), so generate_replies must: a model on another device gets its batch there."""
+    import torch
+
+    from persona_lib.chat import generate_replies
+
+    class OnOtherDevice:
+        device = torch.device("meta")
+        seen = []
+
+        def generate(self, input_ids, attention_mask, **kwargs):
+            self.seen.append((input_ids.device, attention_mask.device))
+            return torch.zeros((input_ids.shape[0], input_ids.shape[1] + 2), dtype=torch.long)
+
+    model = OnOtherDevice()
+    generate_replies(model, tiny[1], [[{"role": "user", "content": "Hi."}]], max_new_tokens=2, progress=False)
+    assert model.seen == [(torch.device("meta"), torch.device("meta"))]
 
 
 def test_static_cache_on_cpu_gives_the_dynamic_caches_replies():

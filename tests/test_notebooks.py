@@ -5,6 +5,7 @@ import ast
 import importlib
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,8 +52,9 @@ def test_notebook_is_stripped_and_colab_ready(nb):
     first = source(cells(nb, "markdown")[0])
     assert colab.badge_url(nb.name) in first, "the badge must open this notebook at the release tag"
     code = cells(nb)
-    assert source(code[0]) == colab.INSTALL_CELL, "the install cell must be the shared one, first"
-    assert sum(source(c) == colab.INSTALL_CELL for c in code) == 1
+    needs = ast.literal_eval(re.search(r"^NEEDS = (\[.*\])$", source(code[0]), re.M).group(1))
+    assert source(code[0]) == colab.install_cell(needs), "the install cell must be the shared one, first"
+    assert sum(source(c).startswith("# Install.") for c in code) == 1
     params = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
     assert len(params) == 1 and "SMOKE = False" in source(params[0])
     assert "if False" not in "".join(source(c) for c in code)

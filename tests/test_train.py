@@ -13,6 +13,7 @@ from persona_lib.train import (
     cpu_has_native_bf16,
     data_hash,
     lora_share,
+    native_bf16,
     resolve_precision,
     train,
 )
@@ -70,7 +71,7 @@ def test_yaml_errors_name_the_file_and_the_field(tmp_path):
 
 PRECISION_CASES = [
     # requested, cuda, bf16 supported (GPU, or CPU natively) -> precision, says why
-    ("auto", False, False, "fp32", False),  # the design notes' AVX2 box: bf16 17x slower
+    ("auto", False, False, "fp32", False),  # an AVX2-only CPU: bf16 matmuls 17x slower
     ("auto", False, True, "bf16", False),  # an AVX512-BF16 / AMX CPU: bf16 base weights
     ("bf16", False, False, "fp32", True),
     ("bf16", False, True, "bf16", False),
@@ -89,6 +90,19 @@ def test_precision_decision(requested, cuda, bf16, expected, message):
     precision, note = resolve_precision(requested, cuda=cuda, bf16_supported=bf16)
     assert precision == expected
     assert (note is not None) == message
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_gpu_bf16_is_decided_by_compute_capability(monkeypatch, capability, expected):
+    """A T4 (7.5) answers True to torch.cuda.is_bf16_supported(), which only checks that a bf16
+    tensor can be made; Unsloth loads it in fp16 and refuses bf16. Fake the device, not the flag."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    assert native_bf16(cuda=True) is expected
+    precision, _ = resolve_precision("auto", cuda=True, bf16_supported=native_bf16(cuda=True))
+    assert precision == ("bf16" if expected else "fp16")
 
 
 def test_t4_bf16_fallback_says_why():

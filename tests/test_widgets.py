@@ -159,3 +159,18 @@ def test_a_failed_write_is_shown_not_raised(editor, tmp_path):
     editor.path_box.value = str(tmp_path / "a_dir.yaml")
     editor.save_button.click()
     assert "Not saved" in editor.status.value
+
+
+def test_the_editor_displays_itself_as_its_form(monkeypatch):
+    """A cell ending in the editor shows the form, with ipywidgets 7 (Colab's) and 8 alike
+    (tests/test_colab_lane.py runs this file under 7.7.1)."""
+    import IPython.display
+
+    from persona_lib.spec import load_spec
+    from persona_lib.widgets import SpecEditor
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    editor = SpecEditor(load_spec("taskmaster"))
+    editor._ipython_display_()
+    assert shown == [editor.widget]

@@ -11,7 +11,7 @@
 # `data/test.jsonl`, `data/train_openai.jsonl` (OpenAI fine-tuning format), `data/stats.json`
 # and three figures. Lesson 4 trains on `data/train.jsonl`.
 
-# %% install
+# %% install smollm2
 
 # %% parameters
 SMOKE = False  # True: CI's quick run (same data, the tiny model's tokenizer, which is the same one)

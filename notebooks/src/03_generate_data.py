@@ -18,7 +18,7 @@
 # `merged.jsonl` (the training set for lesson 4) and `batch_input.jsonl` (a Batch API file for
 # large runs).
 
-# %% install
+# %% install smollm2 judge
 
 # %% parameters
 SMOKE = False  # True: two tiny examples, whatever the endpoint; CI runs every notebook this way

@@ -16,7 +16,7 @@
 # **What it leaves behind** in `runs/taskmaster/eval/`: `report.json` (every number),
 # `summary.md`, `answers.jsonl` (every reply, side by side) and `figures/*.png`.
 
-# %% install
+# %% install smollm2 judge
 
 # %% parameters
 SMOKE = False  # True: the tiny model, 4 prompts, 8-token replies, no local judge; CI runs this

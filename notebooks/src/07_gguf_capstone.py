@@ -17,9 +17,12 @@
 # model folder), `taskmaster.f16.gguf`, `taskmaster.Q4_K_M.gguf`, `taskmaster.Q8_0.gguf`,
 # `base.f16.gguf` with one `<persona>.lora.gguf` per persona, `Modelfile` and
 # `Modelfile.adapter`, `tensor_types.png`, `parity.json` + `parity.jsonl` (export parity) and
-# `summary.json`.
+# `summary.json`. On Colab the large files are made on the runtime's local disk
+# (`/content/persona-lab/export/`; Drive's free 15 GB cannot hold a 3B export), and only what
+# you keep (the Q4_K_M file, the persona LoRAs, the Modelfiles and the reports) is copied to
+# your run folder on Drive at the end.
 
-# %% install
+# %% install smollm2 llama
 
 # %% parameters
 SMOKE = False  # True: the tiny random-init model, 2 parity prompts, 8-token replies; CI runs this
@@ -29,7 +32,7 @@ RUNS_ROOT = ""  # empty: Google Drive in Colab (survives a runtime reset), ./run
 QUANTS = ["Q4_K_M", "Q8_0"]  # the first one is the file you ship; Q8_0 is the near-lossless reference
 PARITY_PROMPTS = 8  # held-out prompts for export parity (the benchmark uses 40+)
 HUB_REPO = ""  # e.g. "your-name/taskmaster-gguf": upload the GGUF and Modelfile there (needs HF_TOKEN)
-EXPORT_DIR = ""  # empty: <run folder>/export. A 3B model needs ~25 GB here: on Colab use "/content/export"
+EXPORT_DIR = ""  # empty: <run folder>/export, or on Colab the local disk (a 3B export needs ~25 GB)
 
 # %%
 from pathlib import Path
@@ -41,7 +44,7 @@ runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
 model_id = MODEL or models.default_model(SMOKE)
 spec = load_spec(PERSONA)
 run = paths.run_dir(spec.slug, runs_root)
-out = Path(EXPORT_DIR) if EXPORT_DIR else run / "export"
+out = Path(EXPORT_DIR) if EXPORT_DIR else export.work_dir(run)
 config = (export.ExportConfig.smoke() if SMOKE
           else export.ExportConfig(quants=tuple(QUANTS), parity_prompts=PARITY_PROMPTS))
 print(f"model: {model_id}\nthis lesson writes to: {out}")
@@ -116,8 +119,10 @@ plots.gguf_tensor_types(types, path=out / "tensor_types.png")
 # ## 4. Chat with it in llama.cpp
 #
 # `llama_cpp.Llama` loads the GGUF and formats the chat with the template stored inside the
-# file. A well-exported model ends its turn with `<|im_end|>`: llama.cpp must treat that token
-# as the end of generation and not print it. The check forces that token once to see it stop.
+# file. A well-exported model ends its turn with the token its chat template puts after every
+# assistant message (`<|im_end|>` for SmolLM2, `<|eot_id|>` for Llama 3.2; the check reads it
+# from the file's own template): that token must be the GGUF's EOS, llama.cpp must treat it as
+# the end of generation and not print it. The check forces that token once to see it stop.
 
 # %%
 ship = quantized[config.quants[0]]
@@ -165,7 +170,7 @@ personas.close()
 # Lesson 5's evaluation has the richer measures; run it on the GGUF replies if these move.
 
 # %%
-from persona_lib.pipeline import heldout_prompts
+from persona_lib.dataset import heldout_prompts
 
 prompts = heldout_prompts(spec, config.parity_prompts)
 parity = export.export_parity(merged, {"f16": f16, config.quants[0]: ship}, [p["messages"] for p in prompts],
@@ -212,7 +217,9 @@ print(f"{served['base_url']} ({served['model']}): {served['reply']!r} [{served['
 # conversations through the tokenizer, through the template inside the GGUF (as llama.cpp
 # applies it) and through Go's real `text/template` over this TEMPLATE, and require the same
 # text. SYSTEM is the system prompt every training example was rendered with (SmolLM2's
-# template inserts its default one); TaskMaster's voice is in the weights, not in SYSTEM.
+# template inserts its default one); TaskMaster's voice is in the weights, not in SYSTEM. For a
+# template that is not ChatML (Llama 3.2 on Colab) the Modelfile leaves TEMPLATE out, so Ollama
+# uses the template stored in the GGUF, and stops at the tokenizer's end-of-turn token.
 
 # %%
 tokenizer = models.load_tokenizer(str(merged))
@@ -257,7 +264,9 @@ summary = {"persona": spec.slug, "model": model_id, "adapter": str(adapter), "ad
            "tensor_types": types, "chat_check": check, "switched": switched, "served": served,
            "parity": parity["systems"], "modelfiles": list(files), "ollama": commands}
 io.write_json(out / "summary.json", summary)
-print(f"saved {out / 'summary.json'}")
+kept = export.keep([ship, *loras.values(), out / "Modelfile", out / "Modelfile.adapter", out / "tensor_types.png",
+                    out / "parity.json", out / "parity.jsonl", out / "summary.json"], run / "export")
+print(f"kept in your run folder: {', '.join(p.name for p in kept)} ({run / 'export'})")
 
 # %% [markdown]
 # ## What you built

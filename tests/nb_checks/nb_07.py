@@ -9,9 +9,15 @@ PERSONAS = ["taskmaster", "captain_codebeard", "zen_coder"]
 
 
 def check(run: Path) -> None:
-    from persona_lib import export
+    from persona_lib import colab, export
 
-    out = run / "export"
+    kept = run / "export"
+    # On Colab the large files are made on the runtime's local disk (export.work_dir), and what
+    # the learner keeps is copied to the run folder on Drive.
+    out = kept if (kept / "merged").is_dir() else Path(colab.LOCAL_DISK) / "export" / run.name
+    for name in ("taskmaster.Q4_K_M.gguf", "Modelfile", "Modelfile.adapter", "summary.json", "parity.json",
+                 "parity.jsonl", "tensor_types.png", *(f"{slug}.lora.gguf" for slug in PERSONAS)):
+        assert (kept / name).is_file() and (kept / name).stat().st_size == (out / name).stat().st_size, name
     assert (out / "merged" / "config.json").is_file() and (out / "merged" / "tokenizer.json").is_file()
     assert not list(out.glob(".*.partial")), "a step left a partial output behind"
     summary = json.loads((out / "summary.json").read_text())

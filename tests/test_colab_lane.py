@@ -1,0 +1,172 @@
+"""The Colab-shaped lane: every notebook, in lesson order, as a learner's Run all meets it.
+
+A virtual environment holds what Colab's runtime holds for the packages that matter
+(tests/colab/colab_runtime.txt, with its substitutions), built once per machine and then
+layered under a fresh environment per run. In that environment, with Colab's marker set and
+`google.colab` replaced by tests/colab/stub (Drive mounts onto a temporary folder, no
+secrets), each notebook runs top to bottom in smoke mode on the CPU with its install cell as
+written: it pip-installs persona-lab from a snapshot of this working tree tagged with the
+release tag (Colab installs from GitHub at that tag), then `persona_lib.colab.setup(NEEDS)`.
+llama-cpp-python comes from this machine's portable wheel, as it would from the maintainers'
+prebuilt index on Colab. A notebook that needs a package its install cell did not bring fails
+here, and each notebook's writes are checked as in the CPU lane (tests/nb_checks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from persona_lib import colab
+from persona_lib.paths import cache_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+LANE = ROOT / "tests" / "colab"
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# What the lane adds to run notebooks and tests in that environment (Colab runs cells itself).
+HARNESS = ["torch==2.13.0", "papermill==2.7.0", "pytest==9.2.0"]
+
+RUN_NOTEBOOK = """
+import sys, papermill
+papermill.execute_notebook(sys.argv[1], sys.argv[2], parameters={"SMOKE": True, "RUNS_ROOT": ""},
+                           cwd=sys.argv[3], progress_bar=False, kernel_name="python3")
+"""
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    assert done.returncode == 0, f"{' '.join(map(str, cmd))[:300]}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+def base_environment() -> Path:
+    """Colab's packages at Colab's versions (plus the harness), built once per machine: a
+    `ready` file written last marks a complete one."""
+    spec = (LANE / "colab_runtime.txt").read_text() + "\n".join(HARNESS) + sys.version
+    venv = cache_dir() / f"colab-lane-{hashlib.sha256(spec.encode()).hexdigest()[:10]}"
+    if (venv / "ready").is_file():
+        return venv
+    shutil.rmtree(venv, ignore_errors=True)
+    run([sys.executable, "-m", "venv", str(venv)])
+    run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         *HARNESS, "-r", str(LANE / "colab_runtime.txt")], timeout=1800)
+    (venv / "ready").write_text("")
+    return venv
+
+
+def site_packages(venv: Path) -> Path:
+    return next((venv / "lib").glob("python3*/site-packages"))
+
+
+def learner_environment(base: Path, where: Path) -> Path:
+    """A fresh environment over the base one (a .pth file puts the base's packages after its
+    own): what the install cell installs lands here, and the base stays as Colab ships it."""
+    venv = where / "venv"
+    run([sys.executable, "-m", "venv", str(venv)])
+    (site_packages(venv) / "colab_runtime.pth").write_text(str(site_packages(base)) + "\n")
+    pip = next(line for line in (LANE / "colab_runtime.txt").read_text().splitlines() if line.startswith("pip=="))
+    run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", pip])  # Colab's pip
+    return venv
+
+
+def release_snapshot(where: Path) -> Path:
+    """This working tree (tracked and new files, not ignored ones) as a git repository with the
+    release tag, the way GitHub serves the tag to Colab."""
+    files = run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT).stdout.split("\0")
+    repo = where / "release"
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    git = ["git", "-c", "user.name=lane", "-c", "user.email=lane@localhost", "-C", str(repo)]
+    run(git + ["init", "-q"])
+    run(git + ["add", "-A"])
+    run(git + ["commit", "-q", "-m", "release snapshot"])
+    run(git + ["tag", colab.RELEASE_TAG])
+    return repo
+
+
+def installed(venv: Path, name: str) -> str | None:
+    code = f"from importlib import metadata\ntry: print(metadata.version({name!r}))\nexcept Exception: print('')"
+    return run([str(venv / "bin" / "python"), "-c", code]).stdout.strip() or None
+
+
+def check_of(nb: Path):
+    import importlib.util
+
+    path = ROOT / "tests" / "nb_checks" / f"nb_{nb.name[:2]}.py"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.check
+
+
+@pytest.fixture(scope="module")
+def lane(tmp_path_factory):
+    where = tmp_path_factory.mktemp("colab")
+    base = base_environment()
+    venv = learner_environment(base, where)
+    drive, cache = where / "drive", where / "cache"
+    (cache / "sdist").mkdir(parents=True)
+    sdist = f"llama_cpp_python-{colab.LLAMA_CPP.split('==')[1]}.tar.gz"
+    os.symlink(cache_dir() / "sdist" / sdist, cache / "sdist" / sdist)  # spares a 75 MB download
+    build = json.loads((Path(sys.prefix) / "llama-cpp-build.json").read_text())
+    from persona_lib import llama_build
+
+    wheel_dir = llama_build.wheel_dir(cache_dir(), colab.LLAMA_CPP.split("==")[1], build["profile"])
+    env = {**os.environ,
+           "COLAB_RELEASE_TAG": "release-colab-lane",  # Colab's marker (persona_lib.colab.in_colab)
+           "PERSONA_LAB_SOURCE": f"git+file://{release_snapshot(where)}",
+           "PYTHONPATH": str(LANE / "stub"), "COLAB_STUB_DRIVE": str(drive),
+           "PERSONA_LAB_CACHE": str(cache), "PERSONA_LAB_LLAMA_INDEX": "", "PIP_FIND_LINKS": str(wheel_dir),
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for name in ("OPENAI_API_KEY", "PERSONA_LAB_RUNS", "VIRTUAL_ENV"):
+        env.pop(name, None)
+    yield {"venv": venv, "env": env, "where": where, "runs": drive / "MyDrive" / "persona-lab" / "runs"}
+    if Path(colab.DRIVE_MOUNT).is_symlink():
+        Path(colab.DRIVE_MOUNT).unlink()
+
+
+def test_the_base_environment_is_colabs():
+    base = base_environment()
+    for line in (LANE / "colab_runtime.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            assert installed(base, name) == version, name
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_in_the_colab_lane(lane, nb):
+    """In lesson order (the parametrisation's), one run folder on the stand-in Drive."""
+    out = lane["where"] / nb.name
+    run([str(lane["venv"] / "bin" / "python"), "-c", RUN_NOTEBOOK, str(nb), str(out), str(lane["where"])],
+        env=lane["env"], timeout=1800)
+    executed = json.loads(out.read_text())
+    install = executed["cells"][next(i for i, c in enumerate(executed["cells"]) if c["cell_type"] == "code")]
+    text = "".join(o.get("text", "") if isinstance(o.get("text"), str) else "".join(o.get("text", []))
+                   for o in install.get("outputs", []))
+    assert not re.search(r"ERROR|dependency resolver|Traceback", text), f"the install cell's output alarms:\n{text}"
+    check_of(nb)(lane["runs"] / "taskmaster")
+    # Only the lessons that use llama.cpp install it.
+    if nb.name < "03":
+        assert installed(lane["venv"], "llama-cpp-python") is None, f"{nb.name} installed llama.cpp"
+    if nb.name[:2] in ("03", "05", "07"):
+        assert installed(lane["venv"], "llama-cpp-python") == colab.LLAMA_CPP.split("==")[1]
+    # Colab's own versions stay where the project works with them.
+    assert installed(lane["venv"], "ipywidgets") == "7.7.1" and installed(lane["venv"], "openai") == "2.54.0"
+
+
+def test_the_spec_form_works_with_colabs_ipywidgets(lane):
+    """The widget tests again, in the lane (ipywidgets 7.7.1; the CPU lane has 8.x)."""
+    assert installed(lane["venv"], "persona-lab"), "run the notebooks first (this test follows them)"
+    run([str(lane["venv"] / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         str(ROOT / "tests" / "test_widgets.py")], cwd=ROOT, timeout=600,
+        env={k: v for k, v in lane["env"].items() if k != "COLAB_RELEASE_TAG"})
