@@ -47,7 +47,7 @@ import numpy as np
 
 from persona_lib import dataset, io
 from persona_lib.llm import OPENAI_BASE_URL, Endpoint, RequestFailed, RetryPolicy, chat, client, redact, response_format
-from persona_lib.spec import PersonaSpec
+from persona_lib.spec import PersonaSpec, rule_lines
 
 # --------------------------------------------------------------------------- prices
 
@@ -227,12 +227,7 @@ def system_message(spec: PersonaSpec, item: Item) -> str:
         f"Tone: {_sentence(spec.tone)}",
         f"Knows about: {_sentence(spec.knowledge_domain)}",
     ]
-    if spec.do:
-        lines.append("Always: " + "; ".join(spec.do) + ".")
-    if spec.dont:
-        lines.append("Never: " + "; ".join(spec.dont) + ".")
-    if spec.avoid:
-        lines.append("Avoid: " + "; ".join(spec.avoid) + ".")
+    lines += rule_lines(spec, do="Always", dont="Never")
     if spec.examples:
         ex = spec.examples[item.index % len(spec.examples)]
         lines += ["", "An example of the voice (do not copy it):", f"User: {ex['user'].strip()}",

@@ -170,3 +170,20 @@ def test_the_spec_form_works_with_colabs_ipywidgets(lane):
     run([str(lane["venv"] / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
          str(ROOT / "tests" / "test_widgets.py")], cwd=ROOT, timeout=600,
         env={k: v for k, v in lane["env"].items() if k != "COLAB_RELEASE_TAG"})
+
+
+def test_unsloths_own_trainer_trains_and_refuses_bf16_on_an_fp16_model(lane):
+    """What a GPU runtime installs (persona_lib.colab's Unsloth pins, the way install_gpu_stack
+    installs them), then Unsloth's real SFTTrainer, generated on the CPU as a GPU gets it: it
+    trains the tiny model through persona_lib.train, saves the adapter, and raises the TypeError
+    a T4 raised when bf16 was decided by torch.cuda.is_bf16_supported() (a T4 model is fp16)."""
+    python = str(lane["venv"] / "bin" / "python")
+    run([python, "-m", "pip", "install", "-q", "--no-deps", *colab.UNSLOTH_NO_DEPS], env=lane["env"], timeout=900)
+    run([python, "-m", "pip", "install", "-q", *colab.UNSLOTH_WITH_DEPS], env=lane["env"], timeout=900)
+    done = run([python, str(LANE / "unsloth_trainer.py")], env={**lane["env"], "UNSLOTH_ALLOW_CPU": "1"},
+               cwd=lane["where"], timeout=900)
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["sft_trainer"] == "UnslothSFTTrainer"
+    assert found["persona_trainer_bases"][:2] == ["PersonaSFTTrainer", "UnslothSFTTrainer"]
+    assert found["steps"] == 2 and found["adapter_saved"]
+    assert found["fp16_model_bf16_args"].startswith("TypeError: Unsloth: Model is in float16 precision")
