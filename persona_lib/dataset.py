@@ -876,6 +876,41 @@ def dedup(records: Sequence[dict], *, against: Sequence[dict] = (), text: str = 
 # --------------------------------------------------------------------------- split and export
 
 
+def chapter_training_data(run: str | os.PathLike, slug: str, *, validation_fraction: float,
+                          seed: int) -> dict:
+    """What lesson 4 trains on, from the earlier lessons' files in the run folder:
+
+    - lesson 2's split (`data/train.jsonl`, `data/validation.jsonl`) when it exists, so that
+      the validation curve and lesson 5 use the conversations lesson 2 set aside; the
+      conversations lesson 3 generated (in `data/merged.jsonl`, in none of lesson 2's files)
+      join the training set;
+    - else lesson 3's `data/merged.jsonl`, else the shipped data, split here (the classifier's
+      reserved slice left out, `validation_fraction` held out).
+
+    Returns {"train", "validation", "source"} (the source in words, for the notebook to print).
+    """
+    from persona_lib.io import read_jsonl
+    from persona_lib.metrics import split_reserved
+    from persona_lib.train import split_for_validation
+
+    data = Path(run) / "data"
+    merged = data / "merged.jsonl"
+    if (data / "train.jsonl").is_file() and (data / "validation.jsonl").is_file():
+        train, validation = read_jsonl(data / "train.jsonl"), read_jsonl(data / "validation.jsonl")
+        seen = {r["id"] for name in ("train", "validation", "test", "classifier_reserved")
+                if (data / f"{name}.jsonl").is_file() for r in read_jsonl(data / f"{name}.jsonl")}
+        added = [r for r in (load_records(merged, persona=slug) if merged.is_file() else []) if r["id"] not in seen]
+        added, _ = split_reserved(added)
+        source = (f"lesson 2's split ({len(train)} train, {len(validation)} validation)"
+                  + (f" + {len(added)} from lesson 3" if added else ""))
+        return {"train": train + added, "validation": validation, "source": source}
+    records = load_records(merged, persona=slug) if merged.is_file() else load_shipped(slug)
+    records, _ = split_reserved(records)
+    train, validation = split_for_validation(records, validation_fraction, seed)
+    return {"train": train, "validation": validation,
+            "source": "lesson 3's merged data" if merged.is_file() else "the shipped data (lesson 2 not run)"}
+
+
 def split_records(records: Sequence[dict], *, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
                   seed: int = 0, stratify: str = "topic") -> dict[str, list[dict]]:
     """Deterministic train/validation/test split, stratified by `stratify` (a record field).

@@ -439,6 +439,47 @@ def save_spec(spec: PersonaSpec, path: str | os.PathLike) -> Path:
     return atomic_write_text(path, spec_to_yaml(clean))
 
 
+# ---------------------------------------------------------------------------- the chapter's spec
+
+CURRENT = "current_persona.txt"  # in the runs root: the slug of the persona lesson 1 last saved
+
+
+def chapter_spec(persona: str, runs_root: str | os.PathLike, *, quiet: bool = False) -> tuple[PersonaSpec, Path]:
+    """The spec a lesson works with, and its run folder: the learner's own from lesson 1
+    (`<run>/spec/spec.yaml`) when there is one, else `persona` (a shipped slug or a YAML path).
+    An empty `persona` means the persona lesson 1 last saved (`<runs_root>/current_persona.txt`),
+    else TaskMaster. Says which file it read, so a lesson never quietly uses the shipped spec."""
+    from persona_lib.paths import run_dir
+
+    root = Path(runs_root)
+    if not persona:
+        current = root / CURRENT
+        persona = current.read_text().strip() if current.is_file() else "taskmaster"
+    slug = persona if _is_slug(persona) else load_spec(persona).slug
+    saved = root / slug / "spec" / "spec.yaml"
+    spec = load_spec(saved if saved.is_file() else persona)
+    if not quiet:
+        print(f"persona spec: {saved if saved.is_file() else _spec_path(persona)} "
+              f"({'yours, saved in lesson 1' if saved.is_file() else 'not edited in lesson 1: the original'})")
+    return spec, run_dir(spec.slug, root)
+
+
+def adopt_spec(spec: PersonaSpec, runs_root: str | os.PathLike) -> Path:
+    """Make `spec` the chapter's persona: save it as `<runs_root>/<slug>/spec/spec.yaml` and
+    remember its slug for the later lessons (renaming the persona in lesson 1 starts a new run
+    folder under the new slug). Returns the run folder."""
+    from persona_lib.paths import run_dir
+
+    run = run_dir(spec.slug, runs_root)
+    save_spec(spec, run / "spec" / "spec.yaml")
+    atomic_write_text(Path(runs_root) / CURRENT, spec.slug + "\n")
+    return run
+
+
+def _is_slug(text: str) -> bool:
+    return not ("/" in text or os.sep in text or text.endswith((".yaml", ".yml")))
+
+
 # ---------------------------------------------------------------------------- prompt and rubric
 
 def _label(name: str) -> str:

@@ -434,3 +434,22 @@ def test_dataset_figures_have_data(tmp_path):
     assert sum(p.get_height() for p in ax.patches) == len(report.candidate_similarities) >= 5
     assert any(list(line.get_xdata()) == [0.7, 0.7] for line in ax.lines)
     assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_lesson_4_trains_on_lesson_2s_split_plus_lesson_3s_conversations(tmp_path):
+    from persona_lib import io
+    from persona_lib.dataset import chapter_training_data, load_shipped, split_records
+    from persona_lib.metrics import split_reserved
+
+    shipped = load_shipped("taskmaster")
+    none = chapter_training_data(tmp_path, "taskmaster", validation_fraction=0.1, seed=0)
+    assert none["source"].startswith("the shipped data") and len(none["train"]) + len(none["validation"]) < len(shipped)
+    trainable, reserved = split_reserved(shipped)
+    splits = split_records(trainable, seed=3)
+    for name, part in {**splits, "classifier_reserved": reserved}.items():
+        io.write_jsonl(tmp_path / "data" / f"{name}.jsonl", part)
+    generated = [{**shipped[0], "id": "gen-0001", "source": "generated"}]
+    io.write_jsonl(tmp_path / "data" / "merged.jsonl", shipped + generated)
+    got = chapter_training_data(tmp_path, "taskmaster", validation_fraction=0.1, seed=0)
+    assert [r["id"] for r in got["train"]] == [r["id"] for r in splits["train"]] + ["gen-0001"]
+    assert got["validation"] == splits["validation"] and "+ 1 from lesson 3" in got["source"]

@@ -370,3 +370,22 @@ def test_level_texts_are_hand_written_not_templated():
                 ratio = difflib.SequenceMatcher(None, _strip_names(a.levels[s], names),
                                                 _strip_names(b.levels[s], names)).ratio()
                 assert ratio < 0.6, (a.name, b.name, s, ratio)
+
+
+def test_every_lesson_reads_the_learners_saved_spec(tmp_path, capsys):
+    """Lesson 1 saves the learner's edit (here a renamed persona with a new signature phrase);
+    a later lesson with PERSONA left empty reads that file, in the new slug's run folder, and
+    says so. Without a saved spec it reads the original and says that instead."""
+    from persona_lib.spec import adopt_spec, chapter_spec
+
+    spec, run = chapter_spec("", tmp_path)
+    assert spec == load_spec("taskmaster") and run == tmp_path / "taskmaster"
+    assert "not edited in lesson 1" in capsys.readouterr().out
+    spec.name, spec.slug = "Coach Quill", "coach_quill"
+    spec.signature_vocabulary = [*spec.signature_vocabulary, "one page at a time"]
+    assert adopt_spec(spec, tmp_path) == tmp_path / "coach_quill"
+    later, run = chapter_spec("", tmp_path)
+    assert later == spec and run == tmp_path / "coach_quill"
+    assert "coach_quill/spec/spec.yaml (yours, saved in lesson 1)" in capsys.readouterr().out
+    assert chapter_spec("coach_quill", tmp_path)[0] == spec  # by slug, too
+    assert chapter_spec("zen_coder", tmp_path)[0] == load_spec("zen_coder")

@@ -29,12 +29,12 @@ from pathlib import Path
 from persona_lib import colab, models, paths
 from persona_lib.chat import generate_replies
 from persona_lib.dataset import heldout_prompts
-from persona_lib.spec import load_spec, rubric_text, save_spec, system_prompt, validate_spec
+from persona_lib.spec import adopt_spec, chapter_spec, load_spec, rubric_text, save_spec, system_prompt, validate_spec
 from persona_lib.widgets import spec_editor
 
 runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
 model_id = MODEL or models.default_model(SMOKE)
-run = paths.run_dir(load_spec(PERSONA).slug, runs_root)
+spec, run = chapter_spec(PERSONA, runs_root)
 print(f"run folder: {run}\nmodel: {model_id}")
 
 # %% [markdown]
@@ -52,7 +52,6 @@ print(f"run folder: {run}\nmodel: {model_id}")
 # generator and a judge all agree on what "in character" means. That is the spec.
 
 # %%
-spec = load_spec(PERSONA)
 print(f"{spec.name}: {spec.description}\n")
 for trait in spec.traits:
     print(f"  {trait.name:<22} weight {trait.weight:.2f}  {trait.description}")
@@ -78,7 +77,8 @@ editor
 
 # %%
 spec = load_spec(spec_path)  # whatever you saved in the form
-print(f"using {spec_path}: {spec.name}, {len(spec.traits)} traits")
+run = adopt_spec(spec, runs_root)  # lessons 2 to 7 read it from here (a new slug starts a new run folder)
+print(f"using {spec_path}: {spec.name}, {len(spec.traits)} traits; run folder {run}")
 
 # %% [markdown]
 # ## Validation says what is wrong and how to fix it

@@ -15,7 +15,7 @@
 
 # %% parameters
 SMOKE = False  # True: CI's quick run (same data, the tiny model's tokenizer, which is the same one)
-PERSONA = "taskmaster"  # a shipped persona slug
+PERSONA = ""  # empty: the persona you saved in lesson 1 (else TaskMaster); or a shipped slug or a YAML path
 MODEL = ""  # whose tokenizer measures lengths; empty: the embedded SmolLM2 (the tiny model shares it)
 RUNS_ROOT = ""  # empty: Google Drive in Colab, ./runs elsewhere
 MAX_TOKENS = 512  # the training sequence length of lesson 4: longer examples would be cut off
@@ -26,11 +26,10 @@ SEED = 0  # the split is deterministic for a given seed
 from pathlib import Path
 
 from persona_lib import colab, dataset, io, models, paths, plots
-from persona_lib.spec import load_spec
+from persona_lib.spec import chapter_spec
 
 runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
-spec = load_spec(PERSONA)
-run = paths.run_dir(spec.slug, runs_root)
+spec, run = chapter_spec(PERSONA, runs_root)
 data_dir = run / "data"
 tokenizer = models.load_tokenizer(MODEL or ("tiny" if SMOKE else "embedded"))
 print(f"run folder: {run}")

@@ -22,7 +22,7 @@
 
 # %% parameters
 SMOKE = False  # True: two tiny examples, whatever the endpoint; CI runs every notebook this way
-PERSONA = "taskmaster"  # a shipped persona (taskmaster, captain_codebeard, zen_coder)
+PERSONA = ""  # empty: the persona you saved in lesson 1 (else TaskMaster); or a shipped slug or a YAML path
 RUNS_ROOT = ""  # empty: Google Drive in Colab (survives a runtime reset), ./runs elsewhere
 N_EXAMPLES = 200  # with an OpenAI key: the chapter's target of 200+ conversations
 N_LOCAL = 3  # without a key: a handful through the local 135M model, to see the whole path work
@@ -34,16 +34,14 @@ CONCURRENCY = 8  # requests in flight at once
 import json
 from pathlib import Path
 
-from persona_lib import colab, dataset, generate, llm, paths, plots
-from persona_lib.spec import load_spec
+from persona_lib import colab, dataset, generate, llm, plots
+from persona_lib.spec import chapter_spec
 
 runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
-run = paths.run_dir(load_spec(PERSONA).slug, runs_root)
-spec_file = run / "spec" / "spec.yaml"  # lesson 1's spec, if you ran it; else the shipped one
-spec = load_spec(spec_file if spec_file.exists() else PERSONA)
+spec, run = chapter_spec(PERSONA, runs_root)  # lesson 1's spec, if you ran it; else the shipped one
 data = run / "data"
 shipped = dataset.load_shipped(spec.slug)
-print(f"run folder: {run}\nspec: {spec.name} ({'lesson 1' if spec_file.exists() else 'shipped'}); "
+print(f"run folder: {run}\nspec: {spec.name}; "
       f"{len(shipped)} shipped conversations")
 
 # %% [markdown]

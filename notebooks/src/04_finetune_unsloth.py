@@ -22,7 +22,7 @@
 
 # %% parameters
 SMOKE = False  # True: the tiny random-init model, a few steps, 2 prompts; CI runs every notebook this way
-PERSONA = "taskmaster"  # a shipped persona (taskmaster, captain_codebeard, zen_coder)
+PERSONA = ""  # empty: the persona you saved in lesson 1 (else TaskMaster); or a shipped slug or a YAML path
 MODEL = ""  # empty: Llama-3.2-3B-Instruct in 4-bit on a Colab GPU, the embedded SmolLM2 on a CPU
 RUNS_ROOT = ""  # empty: Google Drive in Colab (survives a runtime reset), ./runs elsewhere
 LORA_R = 16  # try 8 and 32 (exercise 2)
@@ -34,14 +34,13 @@ MAX_NEW_TOKENS = 120  # about 90 words: TaskMaster's replies are short
 # %%
 from pathlib import Path
 
-from persona_lib import colab, dataset, io, metrics, models, paths, plots, train
+from persona_lib import colab, dataset, io, metrics, models, plots, train
 from persona_lib.chat import generate_replies
 from persona_lib.dataset import heldout_prompts
-from persona_lib.spec import load_spec
+from persona_lib.spec import chapter_spec
 
 runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
-spec = load_spec(PERSONA)
-run = paths.run_dir(spec.slug, runs_root)
+spec, run = chapter_spec(PERSONA, runs_root)
 model_id = MODEL or models.default_model(SMOKE)
 print(f"run folder: {run}\nbase model: {model_id}")
 
@@ -104,19 +103,17 @@ for name in ("lora_r", "lora_alpha", "target_modules", "learning_rate", "num_epo
 #
 # ## The data, and what the loss sees
 #
-# Lesson 3 left `data/merged.jsonl` (shipped plus generated conversations); without it the
-# shipped TaskMaster data is used. A slice is reserved for lesson 5's persona classifier and
-# never trained on, and a tenth is held out to draw the validation curve.
+# Lesson 2 split the conversations (`data/train.jsonl`, `data/validation.jsonl`, a test split,
+# and a slice reserved for lesson 5's persona classifier, never trained on); the conversations
+# lesson 3 generated join the training set. Without lesson 2's files, lesson 3's
+# `data/merged.jsonl` or the shipped data is split here the same way.
 
 # %%
-merged = run / "data" / "merged.jsonl"
-records = dataset.load_records(merged, persona=spec.slug) if merged.is_file() else dataset.load_shipped(spec.slug)
-records, reserved = metrics.split_reserved(records)
-train_records, val_records = train.split_for_validation(records, config.validation_fraction, config.seed)
+data = dataset.chapter_training_data(run, spec.slug, validation_fraction=config.validation_fraction, seed=config.seed)
+train_records, val_records = data["train"], data["validation"]
 if SMOKE:
     train_records, val_records = train_records[:16], val_records[:4]
-print(f"{'lesson 3 merged data' if merged.is_file() else 'shipped data'}: {len(train_records)} to train on, "
-      f"{len(val_records)} for validation, {len(reserved)} reserved for the classifier")
+print(f"{data['source']}: {len(train_records)} to train on, {len(val_records)} for validation")
 
 # %% [markdown]
 # The model should learn TaskMaster's replies, not the user's questions and not the template's

@@ -20,7 +20,7 @@
 
 # %% parameters
 SMOKE = False  # True: the tiny model, 4 prompts, 8-token replies, no local judge; CI runs this
-PERSONA = "taskmaster"  # a shipped persona slug
+PERSONA = ""  # empty: the persona you saved in lesson 1 (else TaskMaster); or a shipped slug or a YAML path
 MODEL = ""  # the base model; empty: the one the adapter was trained on (read from its config)
 ADAPTER = ""  # empty: <run folder>/adapter from lesson 4
 RUNS_ROOT = ""  # empty: Google Drive in Colab, ./runs elsewhere
@@ -30,12 +30,11 @@ JUDGE_PROMPTS = 0  # prompts the judge sees; 0: 12 with OpenAI (~$0.02), 6 with 
 # %%
 from pathlib import Path
 
-from persona_lib import colab, evaluate, metrics, paths
-from persona_lib.spec import load_spec
+from persona_lib import colab, evaluate, metrics
+from persona_lib.spec import chapter_spec
 
 runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
-spec = load_spec(PERSONA)
-run = paths.run_dir(spec.slug, runs_root)
+spec, run = chapter_spec(PERSONA, runs_root)
 adapter = Path(ADAPTER) if ADAPTER else run / "adapter"
 print(f"run folder: {run}\nadapter: {adapter}")
 

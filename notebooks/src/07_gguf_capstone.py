@@ -26,7 +26,7 @@
 
 # %% parameters
 SMOKE = False  # True: the tiny random-init model, 2 parity prompts, 8-token replies; CI runs this
-PERSONA = "taskmaster"  # the persona to export; its adapter is <run folder>/adapter from lesson 4
+PERSONA = ""  # empty: the persona you saved in lesson 1 (else TaskMaster); its adapter is <run folder>/adapter
 MODEL = ""  # the base model; empty: Llama-3.2-3B-Instruct on a Colab GPU, the embedded SmolLM2 on a CPU
 RUNS_ROOT = ""  # empty: Google Drive in Colab (survives a runtime reset), ./runs elsewhere
 QUANTS = ["Q4_K_M", "Q8_0"]  # the first one is the file you ship; Q8_0 is the near-lossless reference
@@ -37,13 +37,12 @@ EXPORT_DIR = ""  # empty: <run folder>/export, or on Colab the local disk (a 3B 
 # %%
 from pathlib import Path
 
-from persona_lib import colab, export, io, models, multi, paths, plots
-from persona_lib.spec import load_spec
+from persona_lib import colab, export, io, models, multi, plots
+from persona_lib.spec import chapter_spec
 
 runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
 model_id = MODEL or models.default_model(SMOKE)
-spec = load_spec(PERSONA)
-run = paths.run_dir(spec.slug, runs_root)
+spec, run = chapter_spec(PERSONA, runs_root)
 out = Path(EXPORT_DIR) if EXPORT_DIR else export.work_dir(run)
 config = (export.ExportConfig.smoke() if SMOKE
           else export.ExportConfig(quants=tuple(QUANTS), parity_prompts=PARITY_PROMPTS))
