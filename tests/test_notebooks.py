@@ -90,6 +90,15 @@ def smoke_check(nb: Path):
     return module.check
 
 
+def check_skill_of(nb: Path):
+    """`check_skill(run_folder)` of tests/nb_checks/nb_NN.py: the lesson's Skill-First step."""
+    path = ROOT / "tests" / "nb_checks" / f"nb_{nb.name[:2]}.py"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.check_skill
+
+
 @pytest.fixture(scope="module")
 def shared_runs(tmp_path_factory):
     """One run folder for all notebooks, executed in lesson order, as a learner runs them.
@@ -107,6 +116,7 @@ def test_notebook_runs_in_smoke_mode(nb, tmp_path, shared_runs, tiny_path):
         cwd=str(tmp_path), progress_bar=False, kernel_name="python3",
     )
     check(shared_runs / "taskmaster")
+    check_skill_of(nb)(shared_runs / "taskmaster")
     executed = json.loads((tmp_path / nb.name).read_text())
     if any("plots." in source(c) for c in cells(nb)):
         outputs = [o for c in executed["cells"] for o in c.get("outputs", [])]

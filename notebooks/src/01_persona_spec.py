@@ -38,6 +38,24 @@ spec, run = chapter_spec(PERSONA, runs_root)
 print(f"run folder: {run}\nmodel: {model_id}")
 
 # %% [markdown]
+# ## Skill first: say what you want to learn
+#
+# Before the content, write down what you want from this chapter, and start the skill you will
+# grow lesson by lesson. The cell puts two files beside your run folders (`skill-first/`, on Drive in
+# Colab): `LEARNING-SPEC.md` (what you want to learn, why, success criteria as checkboxes,
+# constraints, questions, what you already know) and `persona-tuner/SKILL.md`, a skill scaffold
+# with one `[TO BE LEARNED: ...]` placeholder per lesson. Open the learning spec now and fill it
+# in; each later lesson ends with an "Update your skill" cell. Your files are never overwritten.
+# The repository's `LEARNING-SPEC.md` and `.claude/skills/persona-tuner/SKILL.md` are the answer
+# key: compare at the end.
+
+# %%
+from persona_lib import skillfirst
+
+for name, path in skillfirst.start(runs_root, spec.name).items():
+    print(f"{name}: {path}")
+
+# %% [markdown]
 # ## Style is not knowledge
 #
 # Fine-tuning can teach a model two different things. **Knowledge tuning** changes *what* it

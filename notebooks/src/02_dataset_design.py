@@ -164,6 +164,19 @@ io.write_json(data_dir / "stats.json", {**summary, "dedup_dropped": [d.id for d 
                                          "splits": {k: len(v) for k, v in splits.items()}, "seed": SEED})
 
 # %% [markdown]
+# ## Update your skill
+#
+# Your own persona-tuner skill (written in lesson 1, in `skill-first/` beside your run folders) has a
+# placeholder for this lesson. The cell drafts the section from what you just measured; open
+# the file and rewrite it in your words: what is clear, what is still confusing, what you would
+# try next.
+
+# %%
+from persona_lib import skillfirst
+
+print(skillfirst.fill(runs_root, "L02", skillfirst.draft(run, "L02")))
+
+# %% [markdown]
 # ## What you have now
 #
 # - `data/train.jsonl`, `data/validation.jsonl`, `data/test.jsonl`: TaskMaster, validated,

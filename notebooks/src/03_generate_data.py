@@ -185,6 +185,19 @@ print(generate.estimate(spec, batch_config, llm.Endpoint.compatible(llm.OPENAI_B
                         against=shipped, done=len(result.records), batch=True))
 
 # %% [markdown]
+# ## Update your skill
+#
+# Your own persona-tuner skill (written in lesson 1, in `skill-first/` beside your run folders) has a
+# placeholder for this lesson. The cell drafts the section from what you just measured; open
+# the file and rewrite it in your words: what is clear, what is still confusing, what you would
+# try next.
+
+# %%
+from persona_lib import skillfirst
+
+print(skillfirst.fill(runs_root, "L03", skillfirst.draft(run, "L03")))
+
+# %% [markdown]
 # ## What you have now
 #
 # - `data/generated.jsonl`: accepted conversations, each with a deterministic id and its source

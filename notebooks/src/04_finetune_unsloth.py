@@ -222,6 +222,19 @@ if sweep.is_file():
 print(f"sweep results: {sweep if sweep.is_file() else 'not in this installation (see the figure above)'}")
 
 # %% [markdown]
+# ## Update your skill
+#
+# Your own persona-tuner skill (written in lesson 1, in `skill-first/` beside your run folders) has a
+# placeholder for this lesson. The cell drafts the section from what you just measured; open
+# the file and rewrite it in your words: what is clear, what is still confusing, what you would
+# try next.
+
+# %%
+from persona_lib import skillfirst
+
+print(skillfirst.fill(runs_root, "L04", skillfirst.draft(run, "L04")))
+
+# %% [markdown]
 # ## What you have now
 #
 # - `adapter/`: a standard PEFT adapter with its tokenizer and chat template; `manifest.json`

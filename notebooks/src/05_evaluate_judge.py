@@ -162,6 +162,19 @@ for name, path in report["figures"].items():
     display(Image(filename=str(run / "eval" / path)))
 
 # %% [markdown]
+# ## Update your skill
+#
+# Your own persona-tuner skill (written in lesson 1, in `skill-first/` beside your run folders) has a
+# placeholder for this lesson. The cell drafts the section from what you just measured; open
+# the file and rewrite it in your words: what is clear, what is still confusing, what you would
+# try next.
+
+# %%
+from persona_lib import skillfirst
+
+print(skillfirst.fill(runs_root, "L05", skillfirst.draft(run, "L05")))
+
+# %% [markdown]
 # ## What you have now
 #
 # - `eval/report.json` and `eval/summary.md`: whether TaskMaster lives in the weights, at what

@@ -274,6 +274,19 @@ io.write_json(out / "summary.json", summary)
 print(f"saved to {out}")
 
 # %% [markdown]
+# ## Update your skill
+#
+# Your own persona-tuner skill (written in lesson 1, in `skill-first/` beside your run folders) has a
+# placeholder for this lesson. The cell drafts the section from what you just measured; open
+# the file and rewrite it in your words: what is clear, what is still confusing, what you would
+# try next.
+
+# %%
+from persona_lib import skillfirst
+
+print(skillfirst.fill(runs_root, "L06", skillfirst.draft(out.parent, "L06")))
+
+# %% [markdown]
 # ## What you have now
 #
 # - Three persona adapters on one base model, switched in milliseconds, and one conditioned

@@ -268,6 +268,19 @@ kept = export.keep([ship, *loras.values(), out / "Modelfile", out / "Modelfile.a
 print(f"kept in your run folder: {', '.join(p.name for p in kept)} ({run / 'export'})")
 
 # %% [markdown]
+# ## Update your skill
+#
+# Your own persona-tuner skill (written in lesson 1, in `skill-first/` beside your run folders) has a
+# placeholder for this lesson. The cell drafts the section from what you just measured; open
+# the file and rewrite it in your words: what is clear, what is still confusing, what you would
+# try next.
+
+# %%
+from persona_lib import skillfirst
+
+print(skillfirst.fill(runs_root, "L07", skillfirst.draft(run, "L07")))
+
+# %% [markdown]
 # ## What you built
 #
 # Over seven lessons: a persona specification, a dataset in TaskMaster's voice, a LoRA

@@ -33,3 +33,10 @@ def check(run: Path) -> None:
     assert len(openai_rows) == len(splits["train"]) and set(openai_rows[0]) == {"messages"}
     for name in ("token_lengths.png", "topic_coverage.png", "duplicates.png"):
         assert (data / name).stat().st_size > 5000
+
+
+def check_skill(run: Path) -> None:
+    """The lesson's section of the learner's skill (beside the run folders) is filled."""
+    from persona_lib import skillfirst
+
+    assert skillfirst.progress(run.parent)["L02"], "the Update your skill cell did not fill L02"

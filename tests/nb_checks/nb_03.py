@@ -34,3 +34,10 @@ def check(run: Path) -> None:
     assert len(batch) == 20 and len({row["custom_id"] for row in batch}) == 20
     assert not {row["custom_id"] for row in batch} & {row["id"] for row in ledger}
     assert all(row["body"]["response_format"]["type"] == "json_schema" for row in batch)
+
+
+def check_skill(run: Path) -> None:
+    """The lesson's section of the learner's skill (beside the run folders) is filled."""
+    from persona_lib import skillfirst
+
+    assert skillfirst.progress(run.parent)["L03"], "the Update your skill cell did not fill L03"

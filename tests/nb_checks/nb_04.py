@@ -37,3 +37,10 @@ def check(run: Path) -> None:
     assert style["prompts"] == 2
     for name in ("before", "after"):
         assert 0 <= style[name]["signature_rate"] <= 1 and 0 <= style[name]["distinct_2"] <= 1
+
+
+def check_skill(run: Path) -> None:
+    """The lesson's section of the learner's skill (beside the run folders) is filled."""
+    from persona_lib import skillfirst
+
+    assert skillfirst.progress(run.parent)["L04"], "the Update your skill cell did not fill L04"

@@ -31,3 +31,10 @@ def check(run: Path) -> None:
     assert "## Targets" in summary and "deterministic measures only" in summary
     for name in ("persona_measures", "lengths", "persona_probabilities", "drift", "knowledge"):
         assert (ev / report["figures"][name]).stat().st_size > 5000
+
+
+def check_skill(run: Path) -> None:
+    """The lesson's section of the learner's skill (beside the run folders) is filled."""
+    from persona_lib import skillfirst
+
+    assert skillfirst.progress(run.parent)["L05"], "the Update your skill cell did not fill L05"

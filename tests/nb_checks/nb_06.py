@@ -46,3 +46,10 @@ def check(run: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["switch_s"] > 0 and summary["reload_s"] > 0
     assert set(summary["train_s"]) == {*PERSONAS, "conditioned"}
+
+
+def check_skill(run: Path) -> None:
+    """The lesson's section of the learner's skill (beside the run folders) is filled."""
+    from persona_lib import skillfirst
+
+    assert skillfirst.progress(run.parent)["L06"], "the Update your skill cell did not fill L06"

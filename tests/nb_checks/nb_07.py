@@ -62,3 +62,10 @@ def check(run: Path) -> None:
     adapter = export.parse_modelfile((out / "Modelfile.adapter").read_text())
     assert (out / adapter["from"]).is_file() and (out / adapter["adapter"]).is_file()
     assert summary["ollama"] == ["ollama create taskmaster -f Modelfile", "ollama run taskmaster"]
+
+
+def check_skill(run: Path) -> None:
+    """The lesson's section of the learner's skill (beside the run folders) is filled."""
+    from persona_lib import skillfirst
+
+    assert skillfirst.progress(run.parent)["L07"], "the Update your skill cell did not fill L07"
