@@ -130,9 +130,11 @@ def lane(tmp_path_factory):
            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     for name in ("OPENAI_API_KEY", "PERSONA_LAB_RUNS", "VIRTUAL_ENV"):
         env.pop(name, None)
+    shutil.rmtree(colab.LOCAL_DISK, ignore_errors=True)  # lesson 7's local disk: nothing from an earlier run
     yield {"venv": venv, "env": env, "where": where, "runs": drive / "MyDrive" / "persona-lab" / "runs"}
     if Path(colab.DRIVE_MOUNT).is_symlink():
         Path(colab.DRIVE_MOUNT).unlink()
+    shutil.rmtree(colab.LOCAL_DISK, ignore_errors=True)
 
 
 def test_the_base_environment_is_colabs():
