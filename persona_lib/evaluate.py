@@ -431,6 +431,20 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
     return report
 
 
+def before_and_after(run: str | os.PathLike) -> list[dict]:
+    """Lesson 1's "before" answers (`spec/before.jsonl`: the base model, without and with the
+    persona prompt) beside this evaluation's tuned answers to the same held-out prompts
+    (`eval/answers.jsonl`), joined on the prompt id; [] when either lesson has not run."""
+    run = Path(run)
+    before, after = run / "spec" / "before.jsonl", run / "eval" / "answers.jsonl"
+    if not (before.is_file() and after.is_file()):
+        return []
+    tuned = {row["id"]: row.get("tuned") for row in io.read_jsonl(after)}
+    return [{"id": row["id"], "prompt": row["prompt"], "before": row["base"],
+             "before_with_prompt": row["base_with_persona_prompt"], "tuned": tuned[row["id"]]}
+            for row in io.read_jsonl(before) if row["id"] in tuned]
+
+
 def honesty_report(probes: list[dict], answers: dict[str, list[str]], ci: dict) -> dict:
     """Per system, the honesty measures on the probes; tuned against base with the persona
     prompt, paired over probes (a persona must stay honest when the prompt is gone)."""

@@ -155,3 +155,18 @@ def test_evaluate_writes_the_full_report_and_resumes(tmp_path, classifier):
         assert (out / report["figures"][name]).stat().st_size > 5000
     summary = (out / "summary.md").read_text()
     assert "## Targets" in summary and "Win rate tuned vs base" in summary and "Second judge two" in summary
+
+
+def test_lesson_1s_before_answers_meet_the_tuned_ones(tmp_path):
+    from persona_lib import io
+    from persona_lib.evaluate import before_and_after
+
+    assert before_and_after(tmp_path) == []
+    io.write_jsonl(tmp_path / "spec" / "before.jsonl", [
+        {"id": "tm-eval-001", "prompt": "Plan my day.", "model": "embedded", "base": "As a chatbot...",
+         "base_with_persona_prompt": "Let's plan!"},
+        {"id": "tm-eval-002", "prompt": "Hi", "model": "embedded", "base": "Hello", "base_with_persona_prompt": "Hey"}])
+    io.write_jsonl(tmp_path / "eval" / "answers.jsonl", [
+        {"id": "tm-eval-001", "kind": "ordinary", "prompt": "Plan my day.", "base_prompted": "x", "tuned": "First, ..."}])
+    assert before_and_after(tmp_path) == [{"id": "tm-eval-001", "prompt": "Plan my day.", "before": "As a chatbot...",
+                                           "before_with_prompt": "Let's plan!", "tuned": "First, ..."}]

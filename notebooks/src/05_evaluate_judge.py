@@ -162,6 +162,18 @@ for name, path in report["figures"].items():
     display(Image(filename=str(run / "eval" / path)))
 
 # %% [markdown]
+# ## Lesson 1's "before", now
+#
+# Lesson 1 asked the base model a few held-out questions (`spec/before.jsonl`). Here are its
+# answers beside the tuned model's answers to the same questions, with no system prompt.
+
+# %%
+for row in evaluate.before_and_after(run) or [{"id": "-", "prompt": "(run lesson 1 first to see its answers here)",
+                                             "before": "", "before_with_prompt": "", "tuned": ""}]:
+    print(f"[{row['id']}] USER: {row['prompt']}\n  before (lesson 1, base): {row['before'][:300]}\n"
+          f"  before, with the persona prompt: {row['before_with_prompt'][:300]}\n  tuned, no prompt: {row['tuned'][:300]}\n")
+
+# %% [markdown]
 # ## Update your skill
 #
 # Your own persona-tuner skill (written in lesson 1, in `skill-first/` beside your run folders) has a
