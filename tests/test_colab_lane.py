@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from nb_checks import checks_for
 from persona_lib import colab
 from persona_lib.paths import cache_dir
 
@@ -99,16 +100,6 @@ def installed(venv: Path, name: str) -> str | None:
     return run([str(venv / "bin" / "python"), "-c", code]).stdout.strip() or None
 
 
-def check_of(nb: Path):
-    import importlib.util
-
-    path = ROOT / "tests" / "nb_checks" / f"nb_{nb.name[:2]}.py"
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.check
-
-
 @pytest.fixture(scope="module")
 def lane(tmp_path_factory):
     where = tmp_path_factory.mktemp("colab")
@@ -156,7 +147,9 @@ def test_notebook_runs_in_the_colab_lane(lane, nb):
     text = "".join(o.get("text", "") if isinstance(o.get("text"), str) else "".join(o.get("text", []))
                    for o in install.get("outputs", []))
     assert not re.search(r"ERROR|dependency resolver|Traceback", text), f"the install cell's output alarms:\n{text}"
-    check_of(nb)(lane["runs"] / "taskmaster")
+    checks = checks_for(nb)
+    checks.check(lane["runs"] / "taskmaster")
+    checks.check_skill(lane["runs"] / "taskmaster")
     # Only the lessons that use llama.cpp install it.
     if nb.name < "03":
         assert installed(lane["venv"], "llama-cpp-python") is None, f"{nb.name} installed llama.cpp"

@@ -3,7 +3,6 @@ and every one executed in smoke mode on CPU with checks on what it wrote."""
 
 import ast
 import importlib
-import importlib.util
 import json
 import re
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from nb_checks import checks_for
 from persona_lib import colab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,25 +80,6 @@ def test_notebook_uses_only_existing_persona_lib_names(nb):
                     assert hasattr(owner, node.attr), f"{nb.name}: {node.value.id}.{node.attr} does not exist"
 
 
-def smoke_check(nb: Path):
-    """`tests/nb_checks/nb_NN.py` defines `check(run_folder)`: what notebook NN must have written."""
-    path = ROOT / "tests" / "nb_checks" / f"nb_{nb.name[:2]}.py"
-    assert path.is_file(), f"{nb.name} needs a check of what it writes: {path.relative_to(ROOT)}"
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.check
-
-
-def check_skill_of(nb: Path):
-    """`check_skill(run_folder)` of tests/nb_checks/nb_NN.py: the lesson's Skill-First step."""
-    path = ROOT / "tests" / "nb_checks" / f"nb_{nb.name[:2]}.py"
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.check_skill
-
-
 @pytest.fixture(scope="module")
 def shared_runs(tmp_path_factory):
     """One run folder for all notebooks, executed in lesson order, as a learner runs them.
@@ -110,13 +91,13 @@ def shared_runs(tmp_path_factory):
 def test_notebook_runs_in_smoke_mode(nb, tmp_path, shared_runs, tiny_path):
     import papermill
 
-    check = smoke_check(nb)
+    checks = checks_for(nb)
     papermill.execute_notebook(
         str(nb), str(tmp_path / nb.name), parameters={"SMOKE": True, "RUNS_ROOT": str(shared_runs)},
         cwd=str(tmp_path), progress_bar=False, kernel_name="python3",
     )
-    check(shared_runs / "taskmaster")
-    check_skill_of(nb)(shared_runs / "taskmaster")
+    checks.check(shared_runs / "taskmaster")
+    checks.check_skill(shared_runs / "taskmaster")
     executed = json.loads((tmp_path / nb.name).read_text())
     if any("plots." in source(c) for c in cells(nb)):
         outputs = [o for c in executed["cells"] for o in c.get("outputs", [])]
