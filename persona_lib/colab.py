@@ -35,6 +35,8 @@ UNSLOTH_NO_DEPS = [
     "cut_cross_entropy==25.1.1",
 ]
 UNSLOTH_WITH_DEPS = ["tyro==1.0.16", "msgspec==0.22.0", "hf_transfer==0.1.9", "torchao==0.18.0", "diffusers==0.42.1"]
+# The pinned libraries whose requirements the Unsloth install must respect (see install_gpu_stack).
+KEEP_ON_GPU_INSTALL = ("transformers", "trl", "peft", "datasets")
 # unsloth 2026.10.9 declares torch>=2.4.0,<2.15.0.
 UNSLOTH_TORCH_MIN = (2, 4)
 UNSLOTH_TORCH_BELOW = (2, 15)
@@ -196,7 +198,11 @@ def install_gpu_stack() -> None:
     if todo := missing(UNSLOTH_NO_DEPS):
         pip_install("--no-deps", *todo, what="Unsloth")
     if todo := missing(UNSLOTH_WITH_DEPS):
-        pip_install(*todo, what="Unsloth's dependencies")
+        # Named with the installed versions of the pinned libraries, so that pip resolves these
+        # packages' dependencies inside theirs: diffusers alone upgrades huggingface-hub to 2.x,
+        # which transformers 5.17 refuses at import (tests/test_colab_lane.py caught it).
+        keep = [f"{name}=={metadata.version(name)}" for name in KEEP_ON_GPU_INSTALL]
+        pip_install(*todo, *keep, what="Unsloth's dependencies")
     # Unsloth patches transformers and TRL when it is imported first; every later notebook
     # cell may import transformers, so import it here, in the install cell.
     import unsloth  # noqa: F401

@@ -111,7 +111,9 @@ def test_t4_runtime_installs_unsloth_without_touching_torch(t4, monkeypatch):
     monkeypatch.setitem(sys.modules, "unsloth", types.ModuleType("unsloth"))  # the import after installing
     colab.setup([])
     assert [what for what, _ in calls] == ["Unsloth", "Unsloth's dependencies"]
-    assert calls[0][1][0] == "--no-deps" and not any("torch==" in a for _, args in calls for a in args)
+    assert calls[0][1][0] == "--no-deps" and not any(a.startswith("torch==") for _, args in calls for a in args)
+    # the pinned libraries ride along, so a dependency cannot upgrade past their ranges
+    assert f"transformers=={metadata.version('transformers')}" in calls[1][1]
 
 
 def test_lessons_install_only_what_they_need(monkeypatch):

@@ -168,15 +168,16 @@ def test_the_spec_form_works_with_colabs_ipywidgets(lane):
 
 
 def test_unsloths_own_trainer_trains_and_refuses_bf16_on_an_fp16_model(lane):
-    """What a GPU runtime installs (persona_lib.colab's Unsloth pins, the way install_gpu_stack
-    installs them), then Unsloth's real SFTTrainer, generated on the CPU as a GPU gets it: it
+    """What a GPU runtime installs (`colab.install_gpu_stack` itself, with CUDA faked), then
+    Unsloth's real SFTTrainer, generated on the CPU as a GPU gets it: it
     trains the tiny model through persona_lib.train, saves the adapter, and raises the TypeError
     a T4 raised when bf16 was decided by torch.cuda.is_bf16_supported() (a T4 model is fp16)."""
     python = str(lane["venv"] / "bin" / "python")
-    run([python, "-m", "pip", "install", "-q", "--no-deps", *colab.UNSLOTH_NO_DEPS], env=lane["env"], timeout=900)
-    run([python, "-m", "pip", "install", "-q", *colab.UNSLOTH_WITH_DEPS], env=lane["env"], timeout=900)
-    done = run([python, str(LANE / "unsloth_trainer.py")], env={**lane["env"], "UNSLOTH_ALLOW_CPU": "1"},
-               cwd=lane["where"], timeout=900)
+    env = {**lane["env"], "UNSLOTH_ALLOW_CPU": "1"}
+    gpu_runtime = "import torch; torch.cuda.is_available = lambda: True\nfrom persona_lib import colab; colab.install_gpu_stack()"
+    run([python, "-c", gpu_runtime], env=env, cwd=lane["where"], timeout=1200)  # the install cell's GPU step, as written
+    assert installed(lane["venv"], "unsloth") == colab.UNSLOTH_NO_DEPS[0].split("==")[1]
+    done = run([python, str(LANE / "unsloth_trainer.py")], env=env, cwd=lane["where"], timeout=900)
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["sft_trainer"] == "UnslothSFTTrainer"
     assert found["persona_trainer_bases"][:2] == ["PersonaSFTTrainer", "UnslothSFTTrainer"]
