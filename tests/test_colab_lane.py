@@ -174,7 +174,10 @@ def test_unsloths_own_trainer_trains_and_refuses_bf16_on_an_fp16_model(lane):
     a T4 raised when bf16 was decided by torch.cuda.is_bf16_supported() (a T4 model is fp16)."""
     python = str(lane["venv"] / "bin" / "python")
     env = {**lane["env"], "UNSLOTH_ALLOW_CPU": "1"}
-    gpu_runtime = "import torch; torch.cuda.is_available = lambda: True\nfrom persona_lib import colab; colab.install_gpu_stack()"
+    # install_gpu_stack sees a GPU once (its own check); bitsandbytes and unsloth, imported after
+    # the install, see this machine as it is (a CUDA answer would send them to CUDA kernels).
+    gpu_runtime = ("import torch; answers = iter([True]); torch.cuda.is_available = lambda: next(answers, False)\n"
+                   "from persona_lib import colab; colab.install_gpu_stack()")
     run([python, "-c", gpu_runtime], env=env, cwd=lane["where"], timeout=1200)  # the install cell's GPU step, as written
     assert installed(lane["venv"], "unsloth") == colab.UNSLOTH_NO_DEPS[0].split("==")[1]
     done = run([python, str(LANE / "unsloth_trainer.py")], env=env, cwd=lane["where"], timeout=900)
