@@ -330,10 +330,25 @@ def validate_records(records: Sequence[dict], *, file: str = "<records>", person
     return list(records)
 
 
+def _complete_chat_format(items: list[tuple[int, dict]], persona: str, path: Path) -> list[tuple[int, dict]]:
+    """Records in the ecosystem's plain chat format (`{"messages": [...]}` per line, as OpenAI
+    and Hugging Face write them) made into this project's: the persona being loaded, an id from
+    the file's name and line, topic "unlabelled" unless given, source "imported"."""
+    out = []
+    for line, rec in items:
+        if isinstance(rec, dict) and "messages" in rec and not {"id", "persona"} & rec.keys():
+            rec = {"id": f"{path.stem}-{line:04d}", "persona": persona, "topic": rec.get("topic", "unlabelled"),
+                   "source": "imported", **{k: v for k, v in rec.items() if k != "topic"}}
+        out.append((line, rec))
+    return out
+
+
 def _check_file(path: str | os.PathLike, persona: str | None, personas, tokenizer, max_tokens,
                 max_line_bytes: int) -> tuple[list[dict], list[Problem]]:
     path = Path(path)
     items, problems = _read_objects(path, max_line_bytes)
+    if persona is not None:
+        items = _complete_chat_format(items, persona, path)
     chosen = _select(items, persona)
     problems = sorted(problems + _check_training(chosen, str(path), personas, tokenizer, max_tokens),
                       key=lambda p: p.line or 0)

@@ -453,3 +453,21 @@ def test_lesson_4_trains_on_lesson_2s_split_plus_lesson_3s_conversations(tmp_pat
     got = chapter_training_data(tmp_path, "taskmaster", validation_fraction=0.1, seed=0)
     assert [r["id"] for r in got["train"]] == [r["id"] for r in splits["train"]] + ["gen-0001"]
     assert got["validation"] == splits["validation"] and "+ 1 from lesson 3" in got["source"]
+
+
+def test_the_plain_chat_format_loads_for_the_persona_being_loaded(tmp_path):
+    """`{"messages": [...]}` per line (OpenAI's and Hugging Face's format): persona and ids are
+    filled in, topic is optional; anything else wrong is still reported by line."""
+    import json
+
+    from persona_lib.dataset import DatasetError, load_records
+
+    path = tmp_path / "my_coach.jsonl"
+    chat = [{"role": "user", "content": "Help me plan."}, {"role": "assistant", "content": "First, pick one task."}]
+    path.write_text(json.dumps({"messages": chat}) + "\n" + json.dumps({"messages": chat, "topic": "planning"}) + "\n")
+    records = load_records(path, persona="coach_quill")
+    assert [(r["id"], r["persona"], r["topic"], r["source"]) for r in records] == [
+        ("my_coach-0001", "coach_quill", "unlabelled", "imported"), ("my_coach-0002", "coach_quill", "planning", "imported")]
+    path.write_text(json.dumps({"messages": chat[:1]}) + "\n")
+    with pytest.raises(DatasetError, match=r"my_coach.jsonl:1"):
+        load_records(path, persona="coach_quill")
