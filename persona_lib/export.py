@@ -601,13 +601,14 @@ def chat_check(llm, messages: Sequence[dict], *, max_tokens: int = 64, end_of_tu
     """
     eos = llm.token_eos()
     eos_text = token_text(llm, eos)
+    end_of_turn = end_of_turn or end_of_turn_text(llm)
     reply = llm.create_chat_completion(list(messages), temperature=0.0, max_tokens=max_tokens)["choices"][0]
     forced = llm.create_chat_completion(list(messages), temperature=0.0, max_tokens=8,
                                         logit_bias={eos: 100.0})["choices"][0]
     result = {
         "eos_token": eos_text,
-        "end_of_turn": end_of_turn or end_of_turn_text(llm),
-        "eos_is_end_of_turn": eos_text == (end_of_turn or end_of_turn_text(llm)),
+        "end_of_turn": end_of_turn,
+        "eos_is_end_of_turn": eos_text == end_of_turn,
         "eos_is_end_of_generation": is_end_of_generation(llm, eos),
         "reply": reply["message"]["content"],
         "finish_reason": reply["finish_reason"],

@@ -443,14 +443,11 @@ def ensure_adapter(folder: str | os.PathLike, config, records: Sequence[dict], *
         return (["data"] if manifest.get("data", {}).get("train_sha256") != expected else []) + fields
 
     beside = folder.with_name(f"{folder.name}-{fingerprint({'config': config.to_dict(), 'data': expected})[:10]}")
-    found = differences(folder)
-    if found is None or found == [] or keep:
-        chosen = folder
-    else:
-        chosen = beside
+    chosen, differs = folder, differences(folder)
+    if differs and not keep:
+        chosen, found, differs = beside, differs, differences(beside)
         print(f"{folder} holds an adapter trained another way ({', '.join(found)} differ); "
-              f"{'using' if differences(beside) == [] else 'training'} this lesson's in {beside}")
-    differs = differences(chosen)
+              f"{'using' if differs == [] else 'training'} this lesson's in {beside}")
     trained = differs is None
     if trained:
         train(config, records, chosen, resume=(chosen / "checkpoints").is_dir(), progress=progress)
