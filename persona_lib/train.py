@@ -28,6 +28,7 @@ A run killed mid-way continues from its last checkpoint with `train(..., resume=
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -93,6 +94,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # saves memory at ~30% more compute: on for a T4, off on CPU
     group_by_length: bool = True  # batches of similar length: padding waste drops from ~27% to ~6% at batch 4
     loss: str = "target_logits"  # LM head only at labelled positions (29% skip the 49k-vocab projection); or TRL's nll
+    cpu_autocast: bool = True  # CPU with bf16 base weights: LoRA matmuls in bf16 too (fp32 LoRA weights), ~1.3x
     keep_checkpoints: bool = False  # delete checkpoints after a successful run (the adapter is the result)
 
     def __post_init__(self):
@@ -617,25 +619,55 @@ def _trainer_class():
     class PersonaSFTTrainer(SFTTrainer):
         group_by_length = True
         target_logits = False
+        lora_in_bf16 = False
+
+        def _lora_in_bf16(self, model):
+            """With `lora_in_bf16` (a CPU run with bf16 base weights): autocast to bf16 with PEFT's
+            input cast turned off, so the LoRA matmuls run in bf16 like the base ones. Without it
+            PEFT casts every layer's input to the fp32 LoRA weights and back: fp32 matmuls and
+            two copies per projection. The LoRA weights and their optimizer state stay fp32."""
+            if not self.lora_in_bf16:
+                return contextlib.nullcontext()
+            from peft.helpers import disable_input_dtype_casting
+
+            stack = contextlib.ExitStack()
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+            stack.enter_context(disable_input_dtype_casting(self.accelerator.unwrap_model(model)))
+            return stack
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             """With `target_logits`: the decoder's hidden states, then the LM head and cross-entropy
             only at positions that have a label. HF's loss projects every position onto the
             vocabulary (a fifth of SmolLM2's compute), TRL's chunked loss projects only labelled
             ones but recomputes them in the backward pass; this does neither. Llama-family
-            models only (no logit scaling or soft-capping), which is what the CPU path trains."""
+            models only (no logit scaling or soft-capping), which is what the CPU path trains.
+
+            The forward pass goes through `model` as the trainer hands it over, so that under
+            `accelerate launch` DistributedDataParallel sees it and averages the gradients; the
+            decoder's output is taken with a hook, and the model itself projects one position."""
             if not self.target_logits:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                with self._lora_in_bf16(model):
+                    return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             inputs.pop("_prediction_loss_only", None)
-            causal_lm = model.get_base_model()
-            hidden = causal_lm.base_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                          use_cache=False).last_hidden_state
+            causal_lm = self.accelerator.unwrap_model(model).get_base_model()
+            hidden = []
+            hook = causal_lm.base_model.register_forward_hook(lambda module, args, output: hidden.append(output[0]))
+            try:
+                with self._lora_in_bf16(model):
+                    model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False,
+                          logits_to_keep=1)
+            finally:
+                hook.remove()
             target = inputs["labels"][:, 1:]
             keep = target != -100
-            logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
+            logits = causal_lm.get_output_embeddings()(hidden[0][:, :-1][keep]).float()
             loss = torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum")
             # Divided by the labelled tokens of the whole accumulated batch, like HF's own loss.
             loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1))
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                # num_items_in_batch counts every process's tokens and DDP averages the gradients
+                # over processes: scaled back up, as the Trainer's own compute_loss does.
+                loss = loss * self.accelerator.num_processes
             return (loss, {"loss": loss}) if return_outputs else loss
 
         def _get_train_sampler(self, train_dataset=None):
@@ -653,6 +685,7 @@ def build_trainer(config: TrainConfig, model, tokenizer, args, train_dataset, ev
     """The SFTTrainer for a PEFT model and pre-tokenized datasets (what train() runs; the CPU
     benchmark measures exactly this)."""
     import datasets
+    import torch
     from transformers import PrinterCallback
 
     datasets.disable_progress_bars()  # TRL's truncation pass over data that is already cut
@@ -664,6 +697,8 @@ def build_trainer(config: TrainConfig, model, tokenizer, args, train_dataset, ev
     trainer.group_by_length = config.group_by_length
     # Unsloth computes its own fused loss on the GPU; target_logits is the CPU path's.
     trainer.target_logits = config.loss == "target_logits" and backend == "transformers"
+    trainer.lora_in_bf16 = (config.cpu_autocast and args.use_cpu and backend == "transformers"
+                            and getattr(model, "get_base_model", lambda: model)().dtype == torch.bfloat16)
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; our progress bar shows the losses
     return trainer
 
@@ -677,6 +712,8 @@ def _callbacks(output_dir: Path, total_steps: int, progress: bool):
         resume it holds exactly the history restored from the checkpoint plus what followed."""
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero:
+                return
             rows = [{k: v for k, v in row.items() if k in ("step", "epoch", "loss", "eval_loss", "learning_rate",
                                                                "grad_norm", "num_input_tokens_seen")}
                     for row in state.log_history if "loss" in row or "eval_loss" in row]
@@ -690,7 +727,7 @@ def _callbacks(output_dir: Path, total_steps: int, progress: bool):
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.bar = tqdm(total=total_steps, initial=state.global_step, desc="training", unit="step",
-                            disable=not progress, dynamic_ncols=True)
+                            disable=not (progress and state.is_world_process_zero), dynamic_ncols=True)
             self.start, self.tokens0 = time.perf_counter(), state.num_input_tokens_seen
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -796,7 +833,7 @@ def last_checkpoint(ckpt_dir: str | os.PathLike) -> str | None:
     return None
 
 
-def _prepare_checkpoints(ckpt_dir: Path, key: dict, resume: bool) -> str | None:
+def _prepare_checkpoints(ckpt_dir: Path, key: dict, resume: bool, say=print) -> str | None:
     """The checkpoint to resume from (None: start fresh). A checkpoint from a different config
     or data is refused rather than silently mixed into this run."""
     last = last_checkpoint(ckpt_dir)
@@ -810,12 +847,12 @@ def _prepare_checkpoints(ckpt_dir: Path, key: dict, resume: bool) -> str | None:
             raise RuntimeError(
                 f"cannot resume from {last}: it was made with a different {', '.join(changed) or 'run'}. "
                 f"Resume with the original config and data, or train without resume (this deletes {ckpt_dir}).")
-        print(f"resuming from {last}")
+        say(f"resuming from {last}")
         return last
     if last:
-        print(f"starting fresh: removing the old checkpoints in {ckpt_dir} (resume=True / --resume continues instead)")
+        say(f"starting fresh: removing the old checkpoints in {ckpt_dir} (resume=True / --resume continues instead)")
     if resume and not last:
-        print(f"no checkpoint in {ckpt_dir}: starting from step 0")
+        say(f"no checkpoint in {ckpt_dir}: starting from step 0")
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     io.write_json(key_file, key)
     return None
@@ -872,12 +909,17 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
+    # Under `accelerate launch` (DDP) every process runs this function: all of them train, the
+    # first one alone prints, prepares the checkpoint folder and writes the results.
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    first = int(os.environ.get("RANK", "0")) == 0
+    say = print if first else (lambda *args, **kwargs: None)
     check_quantization(config.load_in_4bit, cuda=cuda)
     backend = choose_backend(config.backend, cuda=cuda,
                              unsloth_installed=importlib.util.find_spec("unsloth") is not None)
     precision, note = resolve_precision(config.precision, cuda=cuda, bf16_supported=native_bf16(cuda))
     if note:
-        print(note)
+        say(note)
     if eval_records is None:
         train_records, eval_records = split_for_validation(records, config.validation_fraction, config.seed)
     else:
@@ -885,10 +927,17 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
     if not train_records:
         raise ValueError("no training records: pass at least one conversation")
     key = _run_key(config, data_hash(train_records), data_hash(eval_records))
-    checkpoint = _prepare_checkpoints(output_dir / "checkpoints", key, resume)
-    # manifest.json marks a finished run (written last); an older one must not vouch for this run.
-    (output_dir / "manifest.json").unlink(missing_ok=True)
-    config.to_yaml(output_dir / "train_config.yaml")
+    if processes > 1:
+        from accelerate import PartialState
+
+        with PartialState(cpu=not cuda).main_process_first():  # the others see the folder it leaves
+            checkpoint = _prepare_checkpoints(output_dir / "checkpoints", key, resume, say=say)
+    else:
+        checkpoint = _prepare_checkpoints(output_dir / "checkpoints", key, resume)
+    if first:
+        # manifest.json marks a finished run (written last); an older one must not vouch for this run.
+        (output_dir / "manifest.json").unlink(missing_ok=True)
+        config.to_yaml(output_dir / "train_config.yaml")
 
     path = resolve(config.model_id)
     if backend == "unsloth":
@@ -896,25 +945,27 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
     else:
         model, tokenizer = _load_transformers(config, path, precision, cuda)
     trainable, total = parameter_counts(model)
-    print(f"{config.model_id}: {backend} backend, {precision}, LoRA r={config.lora_r} trains "
-          f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    say(f"{config.model_id}: {backend} backend, {precision}, LoRA r={config.lora_r} trains "
+        f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"
+        + (f", {processes} processes" if processes > 1 else ""))
     t_load = time.perf_counter()
 
     train_data = build_dataset(train_records, tokenizer, config.max_seq_length)
     eval_data = build_dataset(eval_records, tokenizer, config.max_seq_length) if eval_records else None
     if train_data.truncated:
-        print(f"{train_data.truncated} conversation(s) longer than max_seq_length={config.max_seq_length} were cut "
+        say(f"{train_data.truncated} conversation(s) longer than max_seq_length={config.max_seq_length} were cut "
               f"at the end ({train_data.dropped} lost every assistant token and were dropped)")
     t_data = time.perf_counter()
 
-    steps_per_epoch = math.ceil(math.ceil(train_data.examples / config.batch_size) / config.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(math.ceil(train_data.examples / (config.batch_size * processes))
+                                / config.gradient_accumulation_steps)
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_epochs)
     if config.max_steps < 0 and total_steps < config.min_steps:
         # The learning rate is tuned per update, and a voice needs a number of updates, not of
         # passes: 2 epochs of Captain Codebeard's 100 training conversations are 26 updates, and its
         # adapter hardly spoke pirate (bench/bench_multi.py). A step count keeps the schedule
         # (warm-up, linear decay) whole; the run ends mid-epoch.
-        print(f"{train_data.examples} conversations make {total_steps} updates in {config.num_epochs:g} epochs; "
+        say(f"{train_data.examples} conversations make {total_steps} updates in {config.num_epochs:g} epochs; "
               f"training min_steps={config.min_steps} ({config.min_steps / steps_per_epoch:.1f} epochs) instead")
         total_steps = config.min_steps
         config = replace(config, max_steps=total_steps)
@@ -936,7 +987,7 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
     session_tokens = state.num_input_tokens_seen - tokens_before
 
     model.eval()
-    files = _save_final(model, tokenizer, output_dir)
+    files = _save_final(model, tokenizer, output_dir) if first else []
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 
@@ -944,8 +995,10 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
     history = [row for row in state.log_history if "loss" in row or "eval_loss" in row]
     from persona_lib.plots import loss_curve
 
-    loss_curve(history, title=f"{config.model_id}: LoRA r={config.lora_r}", path=output_dir / "loss_curve.png")
-    if not config.keep_checkpoints:
+    if first:
+        loss_curve(history, title=f"{config.model_id}: LoRA r={config.lora_r}", path=output_dir / "loss_curve.png")
+    trainer.accelerator.wait_for_everyone()  # no process still reads a checkpoint that is deleted next
+    if first and not config.keep_checkpoints:
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
 
     manifest = {
@@ -956,7 +1009,7 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
         "base_model": config.model_id,
         "chat_template_sha256": hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest(),
         "versions": package_versions(),
-        "hardware": _hardware(cuda),
+        "hardware": {**_hardware(cuda), "processes": processes},
         "data": {
             "train_sha256": key["train_data"],
             "eval_sha256": key["eval_data"],
@@ -986,9 +1039,10 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
         "files": files + ["train_config.yaml", "loss_log.jsonl", "loss_curve.png", "manifest.json"],
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "",
     }
-    io.write_json(output_dir / "manifest.json", manifest)
+    if first:
+        io.write_json(output_dir / "manifest.json", manifest)
     m = manifest["metrics"]
-    print(f"done in {train_seconds:.0f} s ({manifest['throughput']['tokens_per_second']:.0f} tokens/s): "
+    say(f"done in {train_seconds:.0f} s ({manifest['throughput']['tokens_per_second']:.0f} tokens/s): "
           f"train loss {m['first_train_loss']:.3f} -> {m['train_loss']:.3f}"
           + (f", validation loss {m['first_eval_loss']:.3f} -> {m['eval_loss']:.3f}" if m["eval_loss"] else "")
           + f"\nadapter and tokenizer: {output_dir}")

@@ -25,6 +25,7 @@ phi-4-mini default and no quantization on a CUDA GPU, TrainConfig.cpu() elsewher
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -153,9 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.output_dir) / f"{args.persona_name}_final_adapter"
-    print(f"{len(records)} {args.persona_name} conversations from {args.dataset_path} -> {out}")
+    first = os.environ.get("RANK", "0") == "0"  # under `accelerate launch`, one process reports
+    if first:
+        print(f"{len(records)} {args.persona_name} conversations from {args.dataset_path} -> {out}")
     result = train(config, records, out, resume=args.resume, progress=not args.no_progress)
-    print(f"adapter + tokenizer: {result.output_dir}\nmanifest: {result.output_dir / 'manifest.json'}")
+    if first:
+        print(f"adapter + tokenizer: {result.output_dir}\nmanifest: {result.output_dir / 'manifest.json'}")
     return 0
 
 

@@ -94,3 +94,43 @@ def test_trains_one_persona_of_a_mixed_file_end_to_end(tmp_path, tiny_path):
     assert manifest["data"]["train_examples"] + manifest["data"]["eval_examples"] == 10  # captain_codebeard left out
     assert manifest["config"]["model_id"] == "tiny" and manifest["config"]["max_seq_length"] == 128
     assert manifest["steps"] == 2 and "fine_tune_persona.py" in manifest["command"]
+
+
+def test_two_processes_under_accelerate_launch_train_the_same_adapter_layout(tmp_path, tiny_path):
+    """`accelerate launch --num_processes 2` on a CPU: torch.distributed with the gloo backend,
+    DistributedDataParallel averaging the LoRA gradients; the first process writes the folder."""
+    from safetensors import safe_open
+
+    from persona_lib.train import load_adapter
+
+    write_jsonl(tmp_path / "tm.jsonl", load_shipped("taskmaster")[:24])
+    common = ["--model_id", "tiny", "--dataset_path", "tm.jsonl", "--persona_name", "taskmaster", "--max_steps", "3",
+              "--max_seq_length", "128", "--eval_steps", "0", "--batch_size", "2", "--gradient_accumulation_steps",
+              "1", "--no_progress"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT)]
+    two = subprocess.run([*launch, *common, "--output_dir", "two"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
+    assert two.stdout.count("adapter + tokenizer:") == 1  # one process reports
+    one = run_script(*common, "--output_dir", "one", cwd=tmp_path)
+    assert one.returncode == 0, one.stdout[-2000:] + one.stderr[-3000:]
+
+    folders = {n: tmp_path / n / "taskmaster_final_adapter" for n in ("one", "two")}
+    manifests = {n: json.loads((f / "manifest.json").read_text()) for n, f in folders.items()}
+    assert manifests["two"]["hardware"]["processes"] == 2 and manifests["one"]["hardware"]["processes"] == 1
+    assert manifests["two"]["steps"] == 3
+    # Each update of the two-process run saw twice the conversations of the one-process run.
+    assert manifests["two"]["throughput"]["tokens"] > 1.5 * manifests["one"]["throughput"]["tokens"]
+    configs = {n: json.loads((f / "adapter_config.json").read_text()) for n, f in folders.items()}
+    for config in configs.values():
+        config["target_modules"] = sorted(config["target_modules"])  # PEFT writes a set, in any order
+    assert configs["one"] == configs["two"]
+    tensors = {}
+    for n, f in folders.items():
+        with safe_open(str(f / "adapter_model.safetensors"), "pt") as weights:
+            tensors[n] = {k: weights.get_tensor(k) for k in weights.keys()}
+    assert {k: v.shape for k, v in tensors["one"].items()} == {k: v.shape for k, v in tensors["two"].items()}
+    assert any(v.abs().max() > 0 for k, v in tensors["two"].items() if "lora_B" in k)  # it trained
+    model, _ = load_adapter(folders["two"])
+    assert sum(1 for n, _ in model.named_parameters() if "lora_" in n) == len(tensors["two"])

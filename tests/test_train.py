@@ -294,3 +294,45 @@ def test_min_steps_trains_a_small_dataset_for_that_many_updates(tiny_path, tmp_p
     assert enough.manifest["steps"] == 2
     with pytest.raises(ValueError, match="min_steps"):
         TrainConfig(min_steps=-1)
+
+
+def test_lora_matmuls_run_in_bf16_on_bf16_base_weights_and_learn_the_same(tiny_path, tmp_path):
+    """With bf16 base weights on a CPU, `cpu_autocast` runs the LoRA matmuls in bf16 (autocast,
+    PEFT's input cast off) while the LoRA weights stay fp32; the loss and gradients are those of
+    the fp32-LoRA path within bf16 rounding. Off, PEFT feeds the fp32 LoRA weights fp32 inputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from persona_lib.models import load_model
+    from persona_lib.train import build_dataset, build_trainer, sft_config
+
+    model, tokenizer = load_model("tiny", dtype="bfloat16")
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, target_modules=list(TARGET_MODULES),
+                                             init_lora_weights=False, task_type="CAUSAL_LM"))
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert all(p.dtype == torch.float32 for p in lora)
+    data = build_dataset(load_shipped("taskmaster")[:4], tokenizer, 128)
+    seen = []
+    probe = next(m for n, m in model.named_modules() if n.endswith("q_proj.lora_A.default"))
+    probe.register_forward_hook(lambda module, args, output: seen.append((args[0].dtype, output.dtype)))
+
+    def loss_and_grads(autocast: bool):
+        config = TrainConfig.smoke(cpu_autocast=autocast)
+        args = sft_config(config, tmp_path / str(autocast), precision="bf16", cuda=False, has_eval=False,
+                          backend="transformers")
+        trainer = build_trainer(config, model, tokenizer, args, data.dataset)
+        assert trainer.lora_in_bf16 == autocast
+        batch = trainer.data_collator([data.dataset[i] for i in range(4)])
+        model.zero_grad()
+        seen.clear()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in lora]), seen[0]
+
+    fast, fast_grads, fast_dtypes = loss_and_grads(True)
+    slow, slow_grads, slow_dtypes = loss_and_grads(False)
+    assert fast_dtypes == (torch.bfloat16, torch.bfloat16) and slow_dtypes == (torch.float32, torch.float32)
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in lora)
+    assert torch.allclose(fast, slow, rtol=1e-2)
+    assert torch.nn.functional.cosine_similarity(fast_grads, slow_grads, dim=0) > 0.99
