@@ -1,34 +1,45 @@
-"""CPU training speed: the project's configuration against TRL's defaults, side by side.
+"""CPU training speed: today's configuration against the one before it and TRL's defaults, side by side.
 
 Trains the embedded SmolLM2-135M with LoRA (r=16, all projections) on the shipped TaskMaster
 training split, the same pre-tokenized data (assistant-only labels) and the same number of
 optimizer steps (8 conversations each) for every configuration, in one process:
 
-- ``project``: persona_lib.train's CPU configuration (TrainConfig.cpu() through SFTTrainer:
-  fp32, or bf16 base weights with fp32 LoRA weights on a CPU with native bf16);
+- ``project``: persona_lib.train's CPU configuration (TrainConfig.cpu() through SFTTrainer: fp32,
+  or on a CPU with native bf16 bf16 base weights with the LoRA matmuls in bf16 too, fp32 LoRA weights);
+- ``baseline``: the configuration before that (``cpu_autocast=False``: fp32 LoRA matmuls on bf16
+  base weights), on exactly the same batches, so their loss curves are compared step by step;
+- ``project_batch8``: the project's configuration at batch 8 without accumulation (a shape check);
+- ``project_fp32``: the project's configuration in fp32, what a CPU without native bf16 runs;
 - ``trl_default``: TRL's SFTConfig defaults (bf16 autocast, gradient checkpointing, batch 8
   in random order), only `use_cpu=True` added because SFTConfig refuses bf16 on a CPU without it;
 - ``trl_default_fp32``: the same with bf16 off;
-- ``plain_loop``: a hand-written fp32 PyTorch loop over the project's batches, HF's own loss
-  (a plain loop like it reached about 50% of the fp32 ceiling on an AVX2 EPYC).
+- ``plain_loop``: a hand-written fp32 PyTorch loop over the project's batches, HF's own loss.
 
-For each it reports non-pad tokens per second and the share of this machine's ceiling,
-4 x parameters x tokens/s over an fp32 matmul rate (2048 x 2048, measured before and after
-every configuration; LoRA runs the forward pass and the backward pass through activations,
-2 + 2 FLOPs per parameter and token; the frozen weights get no gradients). The first optimizer
-step of each run is a warm-up and is not timed (when there is more than one). Every
-configuration runs --rounds times, interleaved: on a shared machine other work only slows a
-run down, so each configuration's best round is its speed and the best matmul rate of the
-whole run is the ceiling (which makes the shares conservative).
+For each it reports non-pad tokens per second and the share of the ceiling of the precision its
+matmuls run in: 4 x parameters x tokens/s (forward pass and the backward pass through
+activations, 2 + 2 FLOPs per parameter and token; the frozen weights get no gradients) over
+this machine's fp32 or bf16 matmul rate (2048 x 2048, both measured before and after every
+configuration, each taken at its best). The first optimizer step of each run is a warm-up and is
+not timed. Every configuration runs --rounds times, interleaved: on a shared machine other work
+only slows a run down, so each configuration's best round is its speed (and the shares are
+conservative). `ratio_limit_bf16` is the bf16 ceiling over the baseline: no configuration on this
+CPU can beat the baseline by more.
 
-    python bench/bench_train_cpu.py                    # all four, 4 steps x 2 rounds -> bench/results/train_cpu.json
-    python bench/bench_train_cpu.py --steps 2 --rounds 1 --configs project,trl_default_fp32
-    python bench/bench_train_cpu.py --full-run         # 2 epochs of TrainConfig.cpu(), before/after -> train_cpu_full.json
+The profile (on by default) times two optimizer steps of the baseline and the project by
+operator with torch.profiler: base matmuls, LoRA matmuls, attention, the LM head and the loss,
+dtype copies, the optimizer, other elementwise work, and the Python and framework remainder.
+--processes runs scripts/fine_tune_persona.py under `accelerate launch --num_processes 2` beside
+a one-process run and reports both throughputs.
+
+    python bench/bench_train_cpu.py                    # -> bench/results/train_cpu.json
+    python bench/bench_train_cpu.py --steps 2 --rounds 1 --configs baseline,project --no-profile
+    python bench/bench_train_cpu.py --full-run         # 2 epochs, baseline and project, before/after -> train_cpu_full.json
 
 `--full-run` trains the embedded default for 2 epochs over the shipped training split at
-sequence length 512 (the lesson's fixed budget) and reports the wall time and, on held-out
-prompts without a system prompt, the signature-vocabulary rate, distinct-2 and knowledge
-recall before and after.
+sequence length 512 (the lesson's fixed budget) in each of --full-configs and reports the wall
+time, the validation loss curve and, on held-out prompts without a system prompt, the
+signature-vocabulary rate, distinct-2 and knowledge recall before and after, with bootstrap
+intervals on the differences between the configurations.
 """
 
 from __future__ import annotations
@@ -44,7 +55,11 @@ from pathlib import Path
 from persona_lib.io import write_json
 
 RESULTS = Path(__file__).parent / "results"
-CONFIGS = ("project", "trl_default", "trl_default_fp32", "plain_loop")
+# The project's own configurations: TrainConfig.cpu() with these changes.
+PROJECT = {"project": {}, "baseline": {"cpu_autocast": False},
+           "project_batch8": {"batch_size": 8, "gradient_accumulation_steps": 1}, "project_fp32": {"precision": "fp32"}}
+CONFIGS = (*PROJECT, "trl_default", "trl_default_fp32", "plain_loop")
+PROFILED = ("baseline", "project")
 
 
 def matmul_gflops(seconds: float = 3.0, n: int = 2048, dtype: str = "float32") -> float:
@@ -60,6 +75,10 @@ def matmul_gflops(seconds: float = 3.0, n: int = 2048, dtype: str = "float32") -
     return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
+def matmul_rates() -> dict[str, float]:
+    return {"fp32": matmul_gflops(2.0), "bf16": matmul_gflops(2.0, dtype="bfloat16")}
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -68,6 +87,16 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def cpu_flags() -> dict[str, bool]:
+    """The instruction sets that decide CPU training speed (from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = set(next(line for line in text.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        flags = set()
+    return {name: name in flags for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")}
 
 
 def fresh_model(config, dtype: str = "float32"):
@@ -115,18 +144,79 @@ def throughput(marks: list[tuple[float, int]]) -> dict:
             "tokens_per_second": round((n1 - n0) / (t1 - t0), 2)}
 
 
-def run_trainer(name: str, data, steps: int, workdir: Path) -> dict:
+def category(name: str, shapes: list, rank: int, vocab: int) -> str:
+    """Where an operator's time goes: matmuls by their shapes (the LoRA rank, the vocabulary)."""
+    dims = {d for shape in shapes if shape for d in shape}
+    if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"):
+        return "lm_head_matmul" if vocab in dims else "lora_matmul" if rank in dims else "base_matmul"
+    if vocab in dims and ("softmax" in name or "nll" in name or "cross_entropy" in name or name == "aten::fill_"):
+        return "loss"
+    if "scaled_dot_product" in name or "softmax" in name:
+        return "attention"
+    if name in ("aten::copy_", "aten::_to_copy", "aten::to", "aten::clone"):
+        return "dtype_copies"
+    if name.startswith("aten::_foreach") or name.startswith("Optimizer."):
+        return "optimizer"
+    if name.startswith("autograd::") or name.endswith("Backward0") or name.startswith("torch::autograd"):
+        return "python_and_framework"
+    return "elementwise_norm_other"
+
+
+class Profiler:
+    """A callback that profiles the optimizer steps after the first (warm-up) by operator."""
+
+    def __init__(self, steps: int):
+        from transformers import TrainerCallback
+
+        self.steps, self.prof, self.wall = steps, None, 0.0
+        outer = self
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                from torch.profiler import ProfilerActivity, profile
+
+                if state.global_step == 1:
+                    outer.prof = profile(activities=[ProfilerActivity.CPU], record_shapes=True)
+                    outer.prof.start()
+                    outer.start = time.perf_counter()
+                elif state.global_step == 1 + outer.steps:
+                    outer.prof.stop()
+                    outer.wall = time.perf_counter() - outer.start
+
+        self.callback = Callback()
+
+    def breakdown(self, rank: int, vocab: int) -> dict:
+        totals: dict[str, float] = {}
+        for event in self.prof.key_averages(group_by_input_shape=True):
+            key = category(event.key, event.input_shapes, rank, vocab)
+            totals[key] = totals.get(key, 0.0) + event.self_cpu_time_total / 1e3
+        # What the operators do not account for: Python, the Trainer, autograd's engine, the profiler.
+        totals["python_and_framework"] = max(0.0, 1e3 * self.wall - sum(totals.values()))
+        wall = 1e3 * self.wall
+        return {"profiled_steps": self.steps, "wall_ms": round(wall),
+                "ms": {k: round(v) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])},
+                "share": {k: round(v / wall, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}}
+
+
+def runs_in(name: str, precision: str) -> str:
+    """The precision a configuration's matmuls run in, for its ceiling."""
+    if name in PROJECT:
+        return precision
+    return "bf16" if name == "trl_default" else "fp32"
+
+
+def run_trainer(name: str, data, steps: int, workdir: Path, model_id: str, profile_steps: int = 0) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from persona_lib.train import TrainConfig, build_trainer, sft_config
 
-    config = TrainConfig.cpu(max_steps=steps)
+    config = TrainConfig.cpu(model_id=model_id, max_steps=steps, **PROJECT.get(name, {}))
     precision = project_precision(config)
-    model, tokenizer = fresh_model(config, {"bf16": "bfloat16", "fp32": "float32"}[precision] if name == "project"
-                                   else "float32")
+    dtype = {"bf16": "bfloat16", "fp32": "float32"}[precision] if name in PROJECT else "float32"
+    model, tokenizer = fresh_model(config, dtype)
     common = dict(max_steps=steps, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
                   include_num_input_tokens_seen="non_padding", logging_steps=1)
-    if name == "project":
+    if name in PROJECT:
         args = sft_config(config, workdir / name, precision=precision, cuda=False, has_eval=False,
                           backend="transformers", **common)
         trainer = build_trainer(config, model, tokenizer, args, data)
@@ -136,24 +226,30 @@ def run_trainer(name: str, data, steps: int, workdir: Path) -> dict:
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     timer = step_timer()
     trainer.add_callback(timer)
+    profiler = Profiler(profile_steps) if profile_steps else None
+    if profiler:
+        trainer.add_callback(profiler.callback)
     trainer.train()
     knobs = {k: getattr(args, k) for k in ("bf16", "gradient_checkpointing", "per_device_train_batch_size",
                                            "gradient_accumulation_steps", "loss_type", "train_sampling_strategy")}
-    if name == "project":
-        knobs["train_sampling_strategy"] = "length-grouped (seeded, epoch-aware)"
-        knobs["loss_type"] = config.loss
-        knobs["base_weights"] = precision
-    return {**throughput(timer.marks), "examples_per_step": args.per_device_train_batch_size
-            * args.gradient_accumulation_steps, "settings": knobs}
+    if name in PROJECT:
+        knobs.update(train_sampling_strategy="length-grouped (seeded, epoch-aware)", loss_type=config.loss,
+                     base_weights=precision, lora_matmuls="bf16" if trainer.lora_in_bf16 else "fp32")
+    row = {**throughput(timer.marks), "examples_per_step": args.per_device_train_batch_size
+           * args.gradient_accumulation_steps, "runs_in": runs_in(name, precision), "settings": knobs,
+           "losses": [round(r["loss"], 5) for r in trainer.state.log_history if "loss" in r]}
+    if profiler:
+        row["profile"] = profiler.breakdown(config.lora_r, model.get_output_embeddings().weight.shape[0])
+    return row
 
 
-def run_plain_loop(data, steps: int) -> dict:
+def run_plain_loop(data, steps: int, model_id: str) -> dict:
     """The reference loop: the project's grouped batches, AdamW, HF's own loss, nothing else."""
     import torch
 
     from persona_lib.train import TrainConfig
 
-    config = TrainConfig.cpu(max_steps=steps)
+    config = TrainConfig.cpu(model_id=model_id, max_steps=steps)
     model, tokenizer = fresh_model(config)
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
@@ -179,7 +275,7 @@ def run_plain_loop(data, steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad()
         marks.append((time.perf_counter(), seen))
-    return {**throughput(marks), "examples_per_step": group,
+    return {**throughput(marks), "examples_per_step": group, "runs_in": "fp32",
             "settings": {"bf16": False, "gradient_checkpointing": False, "per_device_train_batch_size": config.batch_size,
                          "gradient_accumulation_steps": config.gradient_accumulation_steps, "loss_type": "hf default",
                          "train_sampling_strategy": "length-grouped"}}
@@ -194,6 +290,36 @@ def training_data(model_id: str):
     return splits, data
 
 
+def two_processes(steps: int) -> dict:
+    """scripts/fine_tune_persona.py on the embedded model, one process and then two under
+    `accelerate launch` (torch.distributed, gloo on a CPU): the throughput of each."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "fine_tune_persona.py"
+    common = ["--model_id", "embedded", "--dataset_path", "persona_data/taskmaster.jsonl", "--persona_name",
+              "taskmaster", "--max_steps", str(steps), "--eval_steps", "0", "--save_steps", "1000", "--no_progress"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, prefix in (("one_process", [sys.executable]), ("two_processes", launch)):
+            print(f"\n== {name}: fine_tune_persona.py, {steps} steps", flush=True)
+            folder = Path(tmp) / name
+            subprocess.run([*prefix, str(script), *common, "--output_dir", str(folder)], check=True,
+                           cwd=script.parent.parent)
+            from persona_lib.io import read_json
+
+            manifest = read_json(folder / "taskmaster_final_adapter" / "manifest.json")
+            out[name] = {"processes": manifest["hardware"]["processes"], "steps": manifest["steps"],
+                         "tokens": manifest["throughput"]["tokens"], "train_seconds": manifest["timings"]["train_s"],
+                         "tokens_per_second": manifest["throughput"]["tokens_per_second"]}
+    out["ratio"] = round(out["two_processes"]["tokens_per_second"] / out["one_process"]["tokens_per_second"], 2)
+    out["note"] = ("each update of the two-process run covers twice the conversations (batch 4 per process); the "
+                   "throughputs include every step, the first one too, and torch.distributed gives each process "
+                   "one thread")
+    return out
+
+
 def speed(args) -> dict:
     from persona_lib.train import TrainConfig, cpu_has_native_bf16, package_versions
 
@@ -206,62 +332,91 @@ def speed(args) -> dict:
 
     params = sum(p.numel() for p in load_model(args.model)[0].parameters())
     runs: dict[str, list[dict]] = {name: [] for name in configs}
-    rates = []
+    rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(1, args.rounds + 1):
             for name in configs:
                 print(f"\n== round {round_}, {name}: {args.steps} optimizer steps", flush=True)
-                before = matmul_gflops()
-                row = run_plain_loop(data.dataset, args.steps) if name == "plain_loop" else \
-                    run_trainer(name, data.dataset, args.steps, Path(tmp))
-                after = matmul_gflops()
-                rates += [before, after]
-                row.update(round=round_, matmul_gflops=[round(before, 1), round(after, 1)],
+                before = matmul_rates()
+                row = run_plain_loop(data.dataset, args.steps, args.model) if name == "plain_loop" else \
+                    run_trainer(name, data.dataset, args.steps, Path(tmp), args.model)
+                after = matmul_rates()
+                for kind in rates:
+                    rates[kind] += [before[kind], after[kind]]
+                row.update(round=round_, matmul_gflops={k: [round(before[k], 1), round(after[k], 1)] for k in rates},
                            load_average_after=[round(x, 2) for x in os.getloadavg()])
                 runs[name].append(row)
-                print(f"{name}: {row['tokens_per_second']:.1f} tokens/s (matmul {before:.0f} -> {after:.0f} GFLOP/s)",
-                      flush=True)
+                print(f"{name}: {row['tokens_per_second']:.1f} tokens/s", flush=True)
+        # The profiler slows what it watches: its runs come after the timed rounds, apart.
+        profiles = {}
+        for name in (PROFILED if args.profile else ()):
+            print(f"\n== profile, {name}: 3 optimizer steps (the last two profiled)", flush=True)
+            profiles[name] = run_trainer(name, data.dataset, 3, Path(tmp), args.model, profile_steps=2)["profile"]
     # Other work on a shared machine only ever slows a run down, so each configuration's best
     # round is its speed, and the best matmul rate of the whole run is the ceiling (conservative).
-    peak = max(rates)
-    ceiling = peak * 1e9 / (4 * params)
+    peak = {kind: max(values) for kind, values in rates.items()}
+    ceiling = {kind: rate * 1e9 / (4 * params) for kind, rate in peak.items()}
     results = {}
     for name, rows in runs.items():
         best = max(rows, key=lambda r: r["tokens_per_second"])
-        results[name] = {"tokens_per_second": best["tokens_per_second"],
-                         "share_of_ceiling": round(best["tokens_per_second"] / ceiling, 3),
-                         "settings": best["settings"], "examples_per_step": best["examples_per_step"],
-                         "rounds": [{k: v for k, v in r.items() if k not in ("settings", "examples_per_step")}
+        share = best["tokens_per_second"] / ceiling[best["runs_in"]]
+        results[name] = {"tokens_per_second": best["tokens_per_second"], "runs_in": best["runs_in"],
+                         "share_of_ceiling": round(share, 3), "settings": best["settings"],
+                         "examples_per_step": best["examples_per_step"],
+                         **({"profile": profiles[name]} if name in profiles else {}),
+                         "rounds": [{k: v for k, v in r.items() if k not in ("settings", "examples_per_step", "runs_in")}
                                     for r in rows]}
-        print(f"{name}: best {best['tokens_per_second']:.1f} tokens/s = {100 * results[name]['share_of_ceiling']:.0f}% "
-              f"of the ceiling ({ceiling:.0f} tokens/s at {peak:.0f} GFLOP/s)")
-    ref = results.get("project")
-    ratios = {f"project_over_{k}": round(ref["tokens_per_second"] / v["tokens_per_second"], 2)
-              for k, v in results.items() if ref and k != "project"}
-    return {
+        print(f"{name}: best {best['tokens_per_second']:.1f} tokens/s = {100 * share:.0f}% of the {best['runs_in']} "
+              f"ceiling ({ceiling[best['runs_in']]:.0f} tokens/s at {peak[best['runs_in']]:.0f} GFLOP/s)")
+    ratios = {}
+    for ref in ("project", "baseline"):
+        if ref in results:
+            ratios.update({f"{ref}_over_{k}": round(results[ref]["tokens_per_second"] / v["tokens_per_second"], 2)
+                           for k, v in results.items() if k != ref and not (ref == "baseline" and k == "project")})
+    report = {
         "what": "LoRA r=16 (all projections) on the embedded SmolLM2-135M, TaskMaster training split, "
-                "non-pad tokens per second; share = 4 x params x tokens/s / fp32 matmul rate",
+                "non-pad tokens per second; share = 4 x params x tokens/s / the matmul rate of the precision "
+                "the configuration's matmuls run in",
         "model": args.model, "parameters": params, "steps": args.steps, "rounds": args.rounds,
-        "matmul_gflops_peak": round(peak, 1), "ceiling_tokens_per_second": round(ceiling, 1),
+        "matmul_gflops_peak": {k: round(v, 1) for k, v in peak.items()},
+        "ceiling_tokens_per_second": {k: round(v, 1) for k, v in ceiling.items()},
         "train_examples": data.examples, "train_tokens": data.tokens,
-        "cpu": cpu_name(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
-        "cpu_native_bf16": cpu_has_native_bf16(), "bf16_matmul_gflops": round(matmul_gflops(2.0, dtype="bfloat16"), 1),
-        "project_precision": project_precision(TrainConfig.cpu()),
+        "cpu": cpu_name(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+        "cpu_native_bf16": cpu_has_native_bf16(), "project_precision": project_precision(TrainConfig.cpu()),
         "versions": package_versions(), "configs": results, "ratios": ratios,
-        "goal": "project >= 0.55 of the ceiling",
+        "goal": "project >= 3x baseline on a CPU with native bf16; no slower than it without",
     }
+    if "baseline" in results:
+        report["ratio_limit_bf16"] = round(ceiling["bf16"] / results["baseline"]["tokens_per_second"], 2)
+    if {"baseline", "project"} <= set(results):
+        pairs = [(a, b) for ra, rb in zip(runs["baseline"], runs["project"]) for a, b in zip(ra["losses"], rb["losses"])]
+        report["same_batches"] = {
+            "what": "per-step training loss of baseline and project on the same batches (every round)",
+            "max_abs_difference": round(max(abs(a - b) for a, b in pairs), 5),
+            "max_relative_difference": round(max(abs(a - b) / abs(a) for a, b in pairs), 5),
+            "baseline": runs["baseline"][0]["losses"], "project": runs["project"][0]["losses"]}
+        report["goal_met"] = ratios["project_over_baseline"] >= 3.0 if cpu_has_native_bf16() \
+            else ratios["project_over_baseline"] >= 0.95
+    if args.processes:
+        report["accelerate_launch"] = two_processes(args.process_steps)
+    return report
 
 
 def full_run(args) -> dict:
+    """2 epochs of each of --full-configs on the same data, measured before and after: what
+    each configuration learns, side by side, with paired intervals on their differences."""
     from persona_lib.chat import generate_replies
-    from persona_lib.dataset import distinct_n, load_knowledge
-    from persona_lib.metrics import any_phrase, knowledge_recall
+    from persona_lib.dataset import distinct_n, heldout_prompts, load_knowledge
+    from persona_lib.metrics import any_phrase, knowledge_recall, paired_bootstrap, recall_difference
     from persona_lib.models import load_model
-    from persona_lib.dataset import heldout_prompts
     from persona_lib.plots import loss_curve
     from persona_lib.spec import load_spec
     from persona_lib.train import TrainConfig, read_loss_log, shipped_splits, train
 
+    names = [c.strip() for c in args.full_configs.split(",")]
+    unknown = [c for c in names if c not in PROJECT]
+    if unknown:
+        sys.exit(f"--full-configs: unknown {unknown}; choose from {', '.join(PROJECT)}")
     spec = load_spec("taskmaster")
     prompts = heldout_prompts(spec, args.prompts)
     knowledge = load_knowledge()
@@ -272,46 +427,71 @@ def full_run(args) -> dict:
         answers = generate_replies(model, tokenizer, [[{"role": "user", "content": q["question"]}] for q in knowledge],
                                    **{**kw, "desc": f"{label}, knowledge"})
         flags = any_phrase(replies, spec.signature_vocabulary)
+        recall = knowledge_recall(knowledge, answers)
         return {"signature_rate": round(sum(flags) / len(flags), 3), "distinct_2": round(distinct_n(replies, 2), 3),
-                "knowledge_recall_percent": round(knowledge_recall(knowledge, answers)["recall_percent"], 1),
-                "replies": replies}
+                "knowledge_recall_percent": round(recall["recall_percent"], 1),
+                "flags": flags, "recall": recall, "replies": replies}
 
-    config = TrainConfig.cpu(model_id=args.model, max_steps=args.max_steps)
     base, tokenizer = load_model(args.model)
     before = measure(base, tokenizer, "base")
     del base
     splits = shipped_splits("taskmaster")
-    rate_before = matmul_gflops()
-    out = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="train_cpu_full_"))
-    start = time.perf_counter()
-    result = train(config, splits["train"], out, eval_records=splits["validation"])
-    wall = time.perf_counter() - start
-    rate_after = matmul_gflops()
-    after = measure(result.model, result.tokenizer, "tuned")
-    loss_curve(read_loss_log(out), title=f"{args.model}, TaskMaster, TrainConfig.cpu()",
-               path=Path(args.results or RESULTS / "train_cpu_full.json").with_suffix(".png"))
-    params = result.manifest["parameters"]["total"]
-    tps = result.tokens_per_second
-    rate = (rate_before + rate_after) / 2
-    return {
+    runs = {}
+    for name in names:
+        config = TrainConfig.cpu(model_id=args.model, max_steps=args.max_steps, **PROJECT[name])
+        print(f"\n== {name}: {config.num_epochs:g} epochs", flush=True)
+        rate_before = matmul_rates()
+        out = Path(args.output) / name if args.output else Path(tempfile.mkdtemp(prefix=f"train_cpu_full_{name}_"))
+        start = time.perf_counter()
+        result = train(config, splits["train"], out, eval_records=splits["validation"])
+        wall = time.perf_counter() - start
+        rate_after = matmul_rates()
+        after = measure(result.model, result.tokenizer, name)
+        del result.model
+        log = read_loss_log(out)
+        loss_curve(log, title=f"{args.model}, TaskMaster, TrainConfig.cpu() {name}",
+                   path=Path(args.results or RESULTS / "train_cpu_full.json").with_name(f"train_cpu_full_{name}.png"))
+        manifest = result.manifest
+        precision = manifest.get("precision")
+        rate = (rate_before[precision] + rate_after[precision]) / 2
+        tps = result.tokens_per_second
+        runs[name] = {
+            "wall_seconds_train_call": round(wall, 1), "train_seconds": manifest["timings"]["train_s"],
+            "tokens_per_second": tps, "precision": precision,
+            "share_of_ceiling": round(4 * manifest["parameters"]["total"] * tps / (rate * 1e9), 3),
+            "matmul_gflops": {"before": {k: round(v, 1) for k, v in rate_before.items()},
+                              "after": {k: round(v, 1) for k, v in rate_after.items()}},
+            "steps": manifest["steps"], "metrics": manifest["metrics"],
+            "validation_loss": {row["step"]: round(row["eval_loss"], 4) for row in log if "eval_loss" in row},
+            "after": after}
+    report = {
         "what": "TrainConfig.cpu() on the embedded model: 2 epochs over the shipped TaskMaster training split at "
-                "max_seq_length 512; persona measure and diversity on held-out prompts without a system prompt",
-        "cpu": cpu_name(), "load_average": os.getloadavg(),
-        "wall_seconds_train_call": round(wall, 1),
-        "train_seconds": result.manifest["timings"]["train_s"],
-        "goal_seconds": 480,
-        "tokens_per_second": tps,
-        "share_of_ceiling": round(4 * params * tps / (rate * 1e9), 3),
-        "matmul_gflops": {"before": round(rate_before, 1), "after": round(rate_after, 1)},
-        "learning_rate": config.learning_rate, "precision": result.manifest.get("precision"),
-        "steps": result.manifest["steps"], "data": result.manifest["data"], "metrics": result.manifest["metrics"],
+                "max_seq_length 512, per configuration; persona measure and diversity on held-out prompts without "
+                "a system prompt",
+        "cpu": cpu_name(), "cpu_flags": cpu_flags(), "load_average": os.getloadavg(), "goal_seconds": 480,
+        "learning_rate": TrainConfig.cpu().learning_rate, "data": manifest["data"],
         "prompts": len(prompts), "knowledge_questions": len(knowledge),
-        "before": {k: v for k, v in before.items() if k != "replies"},
-        "after": {k: v for k, v in after.items() if k != "replies"},
-        "examples": [{"prompt": p["messages"][-1]["content"], "before": b, "after": a}
-                     for p, b, a in list(zip(prompts, before["replies"], after["replies"]))[:6]],
-        "adapter": str(out),
+        "before": {k: v for k, v in before.items() if k not in ("flags", "recall", "replies")},
+        "configs": {name: {**{k: v for k, v in run.items() if k != "after"},
+                           "after": {k: v for k, v in run["after"].items() if k not in ("flags", "recall", "replies")}}
+                    for name, run in runs.items()},
+        "examples": [{"prompt": p["messages"][-1]["content"], "before": b,
+                      **{name: run["after"]["replies"][k] for name, run in runs.items()}}
+                     for k, (p, b) in enumerate(list(zip(prompts, before["replies"]))[:6])],
     }
+    if len(names) == 2:
+        first, second = (runs[n]["after"] for n in names)
+        report["difference"] = {
+            "what": f"{names[1]} minus {names[0]}, paired bootstrap 95% intervals over prompts / questions",
+            "signature_rate": {k: round(v, 3) if isinstance(v, float) else v
+                               for k, v in paired_bootstrap(first["flags"], second["flags"]).items()},
+            "knowledge_recall_points": {k: round(v, 2) if isinstance(v, float) else v
+                                        for k, v in recall_difference(first["recall"], second["recall"]).items()},
+            "train_seconds_ratio": round(runs[names[0]]["train_seconds"] / runs[names[1]]["train_seconds"], 2),
+            "validation_loss_max_abs_difference": round(max(
+                abs(runs[names[0]]["validation_loss"][s] - runs[names[1]]["validation_loss"][s])
+                for s in runs[names[0]]["validation_loss"] if s in runs[names[1]]["validation_loss"]), 4)}
+    return report
 
 
 def main(argv=None) -> int:
@@ -322,12 +502,20 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2,
                         help="run every configuration this many times, interleaved; each one's best round counts")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
+    parser.add_argument("--no-profile", dest="profile", action="store_false",
+                        help="skip the operator profile of baseline and project (their first round)")
+    parser.add_argument("--processes", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run fine_tune_persona.py in one process and under accelerate launch with two")
+    parser.add_argument("--process-steps", type=int, default=6, help="optimizer steps of each --processes run")
     parser.add_argument("--model", default="embedded", help="embedded (the benchmark's model) or tiny (a plumbing check)")
     parser.add_argument("--full-run", action="store_true", help="the 2-epoch run with before/after measures instead")
     parser.add_argument("--prompts", type=int, default=40, help="held-out prompts for --full-run (all ordinary ones if fewer)")
     parser.add_argument("--max-new-tokens", type=int, default=120, help="reply length for --full-run's measures")
     parser.add_argument("--max-steps", type=int, default=-1, help="--full-run: stop early (a plumbing check only)")
-    parser.add_argument("--output", default="", help="adapter folder for --full-run (default: a temporary folder)")
+    parser.add_argument("--full-configs", default="baseline,project",
+                        help=f"--full-run: the configurations to train, from {', '.join(PROJECT)}")
+    parser.add_argument("--output", default="", help="--full-run: a folder to keep the adapters in (one subfolder "
+                                                       "per configuration; default: temporary folders)")
     parser.add_argument("--results", default="", help="JSON path (default bench/results/train_cpu[_full].json)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
