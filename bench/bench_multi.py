@@ -47,6 +47,14 @@ RESULTS = Path(__file__).parent / "results"
 GOAL = 0.8  # diagonal accuracy per persona the issue asks of separate adapters
 
 
+def goal_flags(diagonal: dict[str, float], ceiling: dict[str, float]) -> dict:
+    """Separate adapters against the goal: raw (diagonal >= GOAL), and read against the
+    classifier's ceiling as the goal is meant (diagonal >= GOAL, or >= what the classifier
+    attains on that persona's own reference replies when that is below GOAL)."""
+    return {"separate_diagonal_at_least_goal": {s: d >= GOAL for s, d in diagonal.items()},
+            "separate_meets_goal_against_ceiling": {s: d >= min(GOAL, ceiling[s]) for s, d in diagonal.items()}}
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -152,7 +160,7 @@ def main(argv=None) -> int:
         "mean_diagonal": {k: round(bleed[k]["mean_diagonal"], 4) for k in ("ceiling", "separate", "conditioned")},
         "diagonal_over_ceiling": {k: {s: (bleed[k]["diagonal"][s] / ceiling[s] if ceiling[s] else None)
                                       for s in config.personas} for k in ("separate", "conditioned")},
-        "separate_meets_goal": {s: bleed["separate"]["diagonal"][s] >= GOAL for s in config.personas},
+        **goal_flags(bleed["separate"]["diagonal"], ceiling),
         "goal": GOAL,
         "matrices": bleed,
         "generation_s": {k: round(v, 2) for k, v in generation_s.items()},

@@ -33,6 +33,8 @@ a one-process run and reports both throughputs.
 
     python bench/bench_train_cpu.py                    # -> bench/results/train_cpu.json
     python bench/bench_train_cpu.py --steps 2 --rounds 1 --configs baseline,project --no-profile
+    python bench/bench_train_cpu.py --configs project,project_eager_attention,project_compiled --steps 6 \
+        --no-profile --no-processes --results bench/results/train_cpu_trials.json   # what was tried and dropped
     python bench/bench_train_cpu.py --full-run         # 2 epochs, baseline and project, before/after -> train_cpu_full.json
 
 `--full-run` trains the embedded default for 2 epochs over the shipped training split at
@@ -58,7 +60,12 @@ RESULTS = Path(__file__).parent / "results"
 # The project's own configurations: TrainConfig.cpu() with these changes.
 PROJECT = {"project": {}, "baseline": {"cpu_autocast": False},
            "project_batch8": {"batch_size": 8, "gradient_accumulation_steps": 1}, "project_fp32": {"precision": "fp32"}}
+# Tried on the project's configuration, kept out of it (and out of the default run) unless they help:
+# the eager attention implementation instead of SDPA, and torch.compile of every decoder layer
+# (regional compilation: one layer's code compiled once, with dynamic sequence lengths).
+TRIALS = {"project_eager_attention": "eager", "project_compiled": "compile"}
 CONFIGS = (*PROJECT, "trl_default", "trl_default_fp32", "plain_loop")
+DEFAULT_CONFIGS = CONFIGS
 PROFILED = ("baseline", "project")
 
 
@@ -141,7 +148,8 @@ def throughput(marks: list[tuple[float, int]]) -> dict:
     first = 1 if len(marks) > 2 else 0
     (t0, n0), (t1, n1) = marks[first], marks[-1]
     return {"timed_steps": len(marks) - 1 - first, "tokens": n1 - n0, "seconds": round(t1 - t0, 2),
-            "tokens_per_second": round((n1 - n0) / (t1 - t0), 2)}
+            "tokens_per_second": round((n1 - n0) / (t1 - t0), 2),
+            "first_step_seconds": round(marks[1][0] - marks[0][0], 2) if len(marks) > 1 else None}
 
 
 def category(name: str, shapes: list, rank: int, vocab: int) -> str:
@@ -187,20 +195,25 @@ class Profiler:
 
     def breakdown(self, rank: int, vocab: int) -> dict:
         totals: dict[str, float] = {}
-        for event in self.prof.key_averages(group_by_input_shape=True):
+        events = sorted(self.prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+        for event in events:
             key = category(event.key, event.input_shapes, rank, vocab)
             totals[key] = totals.get(key, 0.0) + event.self_cpu_time_total / 1e3
+        top = [{"op": e.key, "shapes": str(e.input_shapes)[:120], "calls": e.count,
+                "ms": round(e.self_cpu_time_total / 1e3), "category": category(e.key, e.input_shapes, rank, vocab)}
+               for e in events[:25]]
         # What the operators do not account for: Python, the Trainer, autograd's engine, the profiler.
         totals["python_and_framework"] = max(0.0, 1e3 * self.wall - sum(totals.values()))
         wall = 1e3 * self.wall
         return {"profiled_steps": self.steps, "wall_ms": round(wall),
                 "ms": {k: round(v) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])},
-                "share": {k: round(v / wall, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}}
+                "share": {k: round(v / wall, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])},
+                "top_operators": top}
 
 
 def runs_in(name: str, precision: str) -> str:
     """The precision a configuration's matmuls run in, for its ceiling."""
-    if name in PROJECT:
+    if name in PROJECT or name in TRIALS:
         return precision
     return "bf16" if name == "trl_default" else "fp32"
 
@@ -210,13 +223,19 @@ def run_trainer(name: str, data, steps: int, workdir: Path, model_id: str, profi
 
     from persona_lib.train import TrainConfig, build_trainer, sft_config
 
+    ours = name in PROJECT or name in TRIALS
     config = TrainConfig.cpu(model_id=model_id, max_steps=steps, **PROJECT.get(name, {}))
     precision = project_precision(config)
-    dtype = {"bf16": "bfloat16", "fp32": "float32"}[precision] if name in PROJECT else "float32"
+    dtype = {"bf16": "bfloat16", "fp32": "float32"}[precision] if ours else "float32"
     model, tokenizer = fresh_model(config, dtype)
+    if TRIALS.get(name) == "eager":
+        model.get_base_model().config._attn_implementation = "eager"
+    elif TRIALS.get(name) == "compile":
+        for layer in model.get_base_model().model.layers:
+            layer.compile(dynamic=True)
     common = dict(max_steps=steps, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
                   include_num_input_tokens_seen="non_padding", logging_steps=1)
-    if name in PROJECT:
+    if ours:
         args = sft_config(config, workdir / name, precision=precision, cuda=False, has_eval=False,
                           backend="transformers", **common)
         trainer = build_trainer(config, model, tokenizer, args, data)
@@ -232,7 +251,7 @@ def run_trainer(name: str, data, steps: int, workdir: Path, model_id: str, profi
     trainer.train()
     knobs = {k: getattr(args, k) for k in ("bf16", "gradient_checkpointing", "per_device_train_batch_size",
                                            "gradient_accumulation_steps", "loss_type", "train_sampling_strategy")}
-    if name in PROJECT:
+    if ours:
         knobs.update(train_sampling_strategy="length-grouped (seeded, epoch-aware)", loss_type=config.loss,
                      base_weights=precision, lora_matmuls="bf16" if trainer.lora_in_bf16 else "fp32")
     row = {**throughput(timer.marks), "examples_per_step": args.per_device_train_batch_size
@@ -324,9 +343,9 @@ def speed(args) -> dict:
     from persona_lib.train import TrainConfig, cpu_has_native_bf16, package_versions
 
     configs = [c.strip() for c in args.configs.split(",")]
-    unknown = [c for c in configs if c not in CONFIGS]
+    unknown = [c for c in configs if c not in CONFIGS + tuple(TRIALS)]
     if unknown:
-        sys.exit(f"unknown configuration(s) {unknown}; choose from {', '.join(CONFIGS)}")
+        sys.exit(f"unknown configuration(s) {unknown}; choose from {', '.join(CONFIGS + tuple(TRIALS))}")
     splits, data = training_data(args.model)
     from persona_lib.models import load_model
 
@@ -501,7 +520,8 @@ def main(argv=None) -> int:
                              "about 6 minutes a step on 2 cores)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="run every configuration this many times, interleaved; each one's best round counts")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                        help=f"comma-separated, from {', '.join(CONFIGS + tuple(TRIALS))} (default: all but the trials)")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the operator profile of baseline and project (their first round)")
     parser.add_argument("--processes", action=argparse.BooleanOptionalAction, default=True,

@@ -137,14 +137,41 @@ def size_of(path: str | os.PathLike) -> int:
     return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def once(final: str | os.PathLike, make, *, force: bool = False) -> Path:
-    """`make(final)` unless `final` already exists (outputs appear only when complete, so an
-    existing one is finished): an interrupted export resumes at the step it was in."""
+def stale(final: str | os.PathLike, inputs: dict | None = None) -> str | None:
+    """Why `final` must be made (again), or None when it is there and was made from `inputs`
+    (as recorded beside it in `<name>.inputs.json`; without `inputs`, being there is enough)."""
     final = Path(final)
-    if final.exists() and not force:
+    if not final.exists():
+        return "not made yet"
+    if inputs is None:
+        return None
+    record = final.with_name(f"{final.name}.inputs.json")
+    before = io.read_json(record) if record.is_file() else {}
+    now = json.loads(json.dumps(inputs, default=str))
+    changed = sorted(k for k in now.keys() | before.keys() if before.get(k) != now.get(k))
+    return f"made from other inputs ({', '.join(changed)} changed)" if changed else None
+
+
+def once(final: str | os.PathLike, make, *, inputs: dict | None = None, force: bool = False) -> Path:
+    """`make(final)` unless `final` already exists and was made from the same `inputs`.
+
+    Outputs appear only when complete, so an existing one is finished, and an interrupted
+    export resumes at the step it was in. `inputs` says what `make` reads (`io.identity` of its
+    files, its settings); it is recorded beside the output, and an output made from other
+    inputs (a retrained adapter, another dtype) is made again, and so is everything after it,
+    since its own identity then changes."""
+    final = Path(final)
+    why = "force=True" if force else stale(final, inputs)
+    if why is None:
         print(f"{final.name}: already there, skipping (force=True redoes it)")
         return final
+    if final.exists():
+        print(f"{final.name}: {why}: making it again")
+    record = final.with_name(f"{final.name}.inputs.json")
+    record.unlink(missing_ok=True)  # no record may vouch for an output that is being replaced
     make(final)
+    if inputs is not None:
+        io.write_json(record, json.loads(json.dumps(inputs, default=str)))
     return final
 
 
@@ -425,7 +452,8 @@ def persona_loras(runs_root: str | os.PathLike, model_id: str, out_dir: str | os
         except ExportError:
             print(f"{slug:<18} left out: no adapter trained on {model_id} in {folder} (lesson 6 trains one)")
             continue
-        loras[slug] = once(out_dir / f"{slug}.lora.gguf", lambda p: convert_lora(folder, p))
+        loras[slug] = once(out_dir / f"{slug}.lora.gguf", lambda p: convert_lora(folder, p),
+                           inputs={"adapter": io.identity(folder)})
         print(f"{slug:<18} {size_of(loras[slug]) / 1e6:6.2f} MB from {'its trained' if trained else 'a QUICK RANDOM'} "
               f"adapter {folder}")
     return loras
@@ -929,23 +957,27 @@ def export(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, config: E
     out_dir.mkdir(parents=True, exist_ok=True)
     steps: dict[str, dict] = {}
 
-    def step(name: str, final: Path, make) -> Path:
-        start, existed = time.perf_counter(), final.exists() and not config.force
-        once(final, make, force=config.force)
-        seconds = None if existed else round(time.perf_counter() - start, 2)
-        steps[name] = {"path": final.name, "bytes": size_of(final), "seconds": seconds, "skipped": existed}
-        if not existed:
+    def step(name: str, final: Path, make, **inputs) -> Path:
+        start, skipped = time.perf_counter(), not config.force and stale(final, inputs) is None
+        once(final, make, inputs=inputs, force=config.force)
+        seconds = round(time.perf_counter() - start, 2)
+        steps[name] = {"path": final.name, "bytes": size_of(final), "seconds": None if skipped else seconds,
+                       "skipped": skipped}
+        if not skipped:
             print(f"[{name}] {final.name}: {_gb(steps[name]['bytes'])} in {seconds:.1f} s")
         return final
 
-    merged = step("merge", out_dir / "merged", lambda p: merge_adapter(adapter_dir, p, dtype=config.merge_dtype))
-    f16 = step("f16", out_dir / f"{slug}.f16.gguf", lambda p: convert_to_gguf(merged, p))
-    quantized = {q: step(q, out_dir / f"{slug}.{q}.gguf", lambda p, q=q: quantize_gguf(f16, p, q))
-                 for q in config.quants}
+    merged = step("merge", out_dir / "merged", lambda p: merge_adapter(adapter_dir, p, dtype=config.merge_dtype),
+                  adapter=io.identity(adapter_dir), dtype=config.merge_dtype)
+    f16 = step("f16", out_dir / f"{slug}.f16.gguf", lambda p: convert_to_gguf(merged, p), merged=io.identity(merged))
+    quantized = {q: step(q, out_dir / f"{slug}.{q}.gguf", lambda p, q=q: quantize_gguf(f16, p, q),
+                         f16=io.identity(f16), quant=q) for q in config.quants}
     if config.lora:
         base_dir = base_model_dir(adapter_dir)
-        base_f16 = step("base_f16", out_dir / "base.f16.gguf", lambda p: convert_to_gguf(base_dir, p))
-        lora = step("lora", out_dir / f"{slug}.lora.gguf", lambda p: convert_lora(adapter_dir, p, base_dir=base_dir))
+        base_f16 = step("base_f16", out_dir / "base.f16.gguf", lambda p: convert_to_gguf(base_dir, p),
+                        base=io.identity(base_dir))
+        lora = step("lora", out_dir / f"{slug}.lora.gguf", lambda p: convert_lora(adapter_dir, p, base_dir=base_dir),
+                    adapter=io.identity(adapter_dir), base=io.identity(base_dir))
     for name, path in [("f16", f16), *quantized.items()]:
         steps[name]["tensor_types"] = tensor_types(path)
 

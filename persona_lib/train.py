@@ -538,16 +538,17 @@ def sft_config(config: TrainConfig, output_dir: str | os.PathLike, *, precision:
     """TRL's SFTConfig for a TrainConfig.
 
     On CPU this is the configuration measured fastest by bench/bench_train_cpu.py, and it is
-    why the CPU path can keep SFTTrainer instead of a hand-written loop: no bf16 autocast
-    (bf16, where the CPU has it, lives in the base weights instead; see resolve_precision), no
+    why the CPU path can keep SFTTrainer instead of a hand-written loop: no TRL bf16 autocast
+    of fp32 weights (bf16, where the CPU has it, lives in the base weights, and the trainer
+    subclass runs the LoRA matmuls in bf16 too; see resolve_precision and `cpu_autocast`), no
     gradient checkpointing (TRL turns it on by default: +30% compute for memory a CPU box
     has), length-grouped batches (27% padding at batch 4 in random order, 6% grouped), and the
     LM head only on labelled tokens (loss="target_logits", computed by the trainer subclass).
-    Measured side by side on 2 shared AMD EPYC cores with native bf16 (bench/results/
-    train_cpu.json), non-pad tokens/s and share of the fp32 matmul ceiling: this configuration
-    292 (82%; bf16 base weights), a plain fp32 PyTorch loop over the same batches 203 (57%),
-    TRL's defaults 138 (39%), TRL's defaults with bf16 off 87 (24%). In fp32 on the same box
-    this configuration ran 185-217 against the plain loop's 184-195.
+    Measured side by side on 2 AMD EPYC cores with AVX512-BF16 (bench/results/train_cpu.json),
+    non-pad tokens/s and share of the matmul ceiling of the precision each runs in: this
+    configuration 362 (46% of bf16), with fp32 LoRA matmuls 301 (38%), in fp32 243 (67% of
+    fp32), a plain fp32 PyTorch loop 217 (60%), TRL's defaults 170 (22% of bf16), TRL's
+    defaults with bf16 off 114 (32% of fp32).
     """
     from trl import SFTConfig
 

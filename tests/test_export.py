@@ -370,3 +370,49 @@ def test_end_of_turn_is_read_from_the_templates_own_rendering():
     assert ex.end_of_turn_text(chatml) == "<|im_end|>"
     wrong = _TemplateOnly(tok.chat_template, tok.bos_token or "", "<|endoftext|>")  # an EOS that ends no turn
     assert ex.end_of_turn_text(wrong) != "<|endoftext|>"
+
+
+def test_once_remakes_what_was_made_from_other_inputs_and_everything_after_it(tmp_path, capsys):
+    """An export step is skipped only when its output is there and was made from the same
+    inputs; a retrained adapter remakes the merge, and the merge's new identity the next step."""
+    import os
+
+    from persona_lib import io
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"first")
+    made = []
+
+    def make(text):
+        def write(path):
+            made.append(path.name)
+            path.write_text(text)
+        return write
+
+    def chain(dtype="float16"):
+        merged = ex.once(tmp_path / "merged.txt", make(f"merged {dtype}"),
+                         inputs={"adapter": io.identity(adapter), "dtype": dtype})
+        return ex.once(tmp_path / "model.gguf", make("gguf"), inputs={"merged": io.identity(merged)})
+
+    chain()
+    assert made == ["merged.txt", "model.gguf"]
+    assert json.loads((tmp_path / "merged.txt.inputs.json").read_text())["dtype"] == "float16"
+    chain()
+    assert made == ["merged.txt", "model.gguf"] and "already there, skipping" in capsys.readouterr().out
+
+    (adapter / "adapter_model.safetensors").write_bytes(b"retrained")  # another size and time
+    os.utime(adapter / "adapter_model.safetensors", ns=(1, 1))
+    chain()
+    assert made[2:] == ["merged.txt", "model.gguf"]
+    assert "merged.txt: made from other inputs (adapter changed): making it again" in capsys.readouterr().out
+    chain(dtype="bfloat16")
+    assert made[4:] == ["merged.txt", "model.gguf"]
+    assert ex.stale(tmp_path / "merged.txt", {"adapter": io.identity(adapter), "dtype": "bfloat16"}) is None
+
+    # Without recorded inputs (an output from before they were recorded) a step is remade once.
+    (tmp_path / "model.gguf.inputs.json").unlink()
+    chain(dtype="bfloat16")
+    assert made[6:] == ["model.gguf"]
+    ex.once(tmp_path / "model.gguf", make("gguf"))  # no inputs given: being there is enough
+    assert made[7:] == []

@@ -210,7 +210,7 @@ saved = io.write_json(adapter_dir / "style_check.json", {"prompts": len(rows), *
 # signature rate went from 0 (base) to 0-12% at 50 examples and 8-17% at 200, and knowledge
 # recall dipped from 15.7% to 10-13% at 50 and came back to 14.3% at 200. More examples means
 # more optimizer steps in the same two epochs, and that moved the voice more than the rank
-# did (rank 8 and 16 differ by at most two prompts). The learning rate moved it most.
+# did (rank 8 and 16 differ by at most three prompts). The learning rate moved it most.
 #
 # ![sweep](https://raw.githubusercontent.com/persona-lab/persona-lab/v0.1.0/bench/results/sweep_style.png)
 

@@ -8,10 +8,14 @@
 # *persona bleed* (one voice leaking into another) for both designs, and blend two voices.
 #
 # **Time:** about 20 minutes of reading and clicking, plus training: four LoRA runs (three
-# personas and the conditioned adapter), each a few minutes on a Colab T4 and 10-25 minutes on
-# a CPU with the embedded SmolLM2-135M. Adapters already in your run folder are reused (lesson 4
-# left TaskMaster's), and an interrupted run picks up where it stopped. **Hardware:** Colab's
-# free T4, or any CPU.
+# personas and the conditioned adapter), each a few minutes on a Colab T4. On a 2-core CPU with
+# the embedded SmolLM2-135M the four took 68 minutes together when last measured in full
+# (TaskMaster 6, Codebeard's 120 updates 22, Zen Coder 5, the conditioned adapter's 240 updates
+# 36; `bench/results/multi.json`); training has since run 1.2x faster side by side on a CPU
+# with native bf16 (`bench/results/train_cpu.json`), so plan on about an hour there, and more on
+# a CPU without it. Adapters already in your run folder are reused (lesson 4 left TaskMaster's),
+# and an interrupted run picks up where it stopped: you can stop and come back.
+# **Hardware:** Colab's free T4, or any CPU.
 #
 # **What it leaves behind:** `runs/<persona>/adapter/` for every persona, and in
 # `runs/taskmaster/multi/`: `conditioned_adapter/`, `bleed.json` + `bleed.png` (the persona

@@ -69,10 +69,13 @@ print(f"its base model: {export.adapter_base(adapter)}")
 # them into the base weights for good (`merge_and_unload`) and save a normal Hugging Face
 # folder, with the tokenizer and chat template used in training. The merged model gives
 # exactly the same outputs as base + adapter; it just no longer needs PEFT. Before each heavy
-# step the export checks free disk and memory and says what it needs.
+# step the export checks free disk and memory and says what it needs. Each step records what
+# it was made from (`<file>.inputs.json`: the files' sizes and times, the settings), so a rerun
+# skips what is still current and remakes what a retrained adapter has made stale.
 
 # %%
-merged = export.once(out / "merged", lambda p: export.merge_adapter(adapter, p, dtype=config.merge_dtype))
+merged = export.once(out / "merged", lambda p: export.merge_adapter(adapter, p, dtype=config.merge_dtype),
+                     inputs={"adapter": io.identity(adapter), "dtype": config.merge_dtype})
 print(f"{merged}: {export.param_count(merged):,} parameters, {export.size_of(merged) / 1e6:.1f} MB")
 
 # %% [markdown]
@@ -84,7 +87,8 @@ print(f"{merged}: {export.param_count(merged):,} parameters, {export.size_of(mer
 # writer and reader agree. The first file keeps 16-bit floats (f16): nothing is lost yet.
 
 # %%
-f16 = export.once(out / f"{spec.slug}.f16.gguf", lambda p: export.convert_to_gguf(merged, p))
+f16 = export.once(out / f"{spec.slug}.f16.gguf", lambda p: export.convert_to_gguf(merged, p),
+                  inputs={"merged": io.identity(merged)})
 types = {"f16": export.tensor_types(f16)}  # tensors per type, read back from the file
 print(f"{f16.name}: {f16.stat().st_size / 1e6:.1f} MB, {types['f16']['tensors']}")
 
@@ -97,8 +101,8 @@ print(f"{f16.name}: {f16.stat().st_size / 1e6:.1f} MB, {types['f16']['tensors']}
 # falls back to another type. The file type says "Q4_K_M"; the tensors may say otherwise. Count them.
 
 # %%
-quantized = {q: export.once(out / f"{spec.slug}.{q}.gguf", lambda p, q=q: export.quantize_gguf(f16, p, q))
-             for q in config.quants}
+quantized = {q: export.once(out / f"{spec.slug}.{q}.gguf", lambda p, q=q: export.quantize_gguf(f16, p, q),
+                            inputs={"f16": io.identity(f16), "quant": q}) for q in config.quants}
 types.update({q: export.tensor_types(p) for q, p in quantized.items()})
 for name, t in types.items():
     size = (f16 if name == "f16" else quantized[name]).stat().st_size
@@ -142,7 +146,9 @@ print({k: v for k, v in check.items() if k != "reply"})
 # (`convert_lora_to_gguf.py --base`), load the base once and switch adapters per request.
 
 # %%
-base_f16 = export.once(out / "base.f16.gguf", lambda p: export.convert_to_gguf(export.base_model_dir(adapter), p))
+base_dir = export.base_model_dir(adapter)
+base_f16 = export.once(out / "base.f16.gguf", lambda p: export.convert_to_gguf(base_dir, p),
+                       inputs={"base": io.identity(base_dir)})
 print(f"{base_f16.name}: {base_f16.stat().st_size / 1e6:.1f} MB, the one base every persona shares")
 loras = export.persona_loras(runs_root, model_id, out, personas=list(dict.fromkeys([spec.slug, *multi.PERSONAS])),
                              quick=SMOKE)
