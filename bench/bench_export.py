@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default=str(RESULTS / "export.json"))
     args = parser.parse_args(argv)
 
-    from persona_lib import multi, train
+    from persona_lib import adapters, multi, train
     from persona_lib.dataset import load_heldout
 
     load_start = load_average()
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         training = multi.ensure_adapter(folder, train.preset(args.model),
                                         multi.training_records("taskmaster"))
         adapter = folder
-    if not multi.usable_adapter(adapter, args.model):
+    if not adapters.trained_on(adapter, args.model):
         raise SystemExit(f"{adapter} was not trained on {args.model}; pass --model or another --adapter")
 
     out = Path(tempfile.mkdtemp(prefix="bench-export-"))  # ~1 GB for the embedded model; removed at the end

@@ -53,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give exactly one of --adapter and --placeholder")
 
     from persona_lib import io
-    from persona_lib.evaluate import choose_judge, evaluate, placeholder_adapter
+    from persona_lib.adapters import placeholder
+    from persona_lib.evaluate import choose_judge, evaluate
 
     if args.placeholder:
         out = Path(args.out or ROOT / "runs" / "bench-placeholder" / "taskmaster" / "eval")
-        adapter = placeholder_adapter(args.placeholder, out / "placeholder_adapter")
+        adapter = placeholder(out / "placeholder_adapter", args.placeholder)
     else:
         adapter = Path(args.adapter)
         out = Path(args.out) if args.out else adapter.parent / "eval"

@@ -4,6 +4,8 @@
     persona run --persona zen_coder  # another shipped persona, or a path to a spec YAML
     persona run --smoke              # every stage on the tiny model, in about a minute
     persona run --persona my.yaml --generate 120   # a new persona: generate data, then train
+    persona run --write-config run.yaml   # every setting of every stage, to edit
+    persona run --config run.yaml    # run with them (flags given here still win)
     persona spec check FILE.yaml     # validate a spec and list every problem
 """
 
@@ -15,6 +17,7 @@ import os
 import sys
 import time
 from dataclasses import fields
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -43,16 +46,29 @@ def at_least(minimum: int):
 
 def _run(args: argparse.Namespace) -> int:
     from persona_lib.dataset import DatasetError
-    from persona_lib.pipeline import NotEnoughData, RunConfig, run
+    from persona_lib.pipeline import SMOKE, NotEnoughData, RunConfig, run
     from persona_lib.spec import SpecError
 
     chosen = {f.name: getattr(args, f.name) for f in fields(RunConfig)
               if getattr(args, f.name, None) is not None and f.name != "smoke"}
+    if args.smoke:
+        chosen = {**SMOKE, **chosen}
     try:
-        config = RunConfig.smoke_preset(**chosen) if args.smoke else RunConfig(**chosen)
-    except (ValueError, FileNotFoundError) as e:  # RunConfig's messages start with the field's name
-        field_name, _, rest = str(e).partition(" ")
+        config = RunConfig.from_file(args.config, **chosen) if args.config else RunConfig(**chosen)
+    except (ValueError, FileNotFoundError) as e:
+        if args.config or str(e).startswith(("train:", "eval:", "export:")):  # it names the file, section, field
+            raise UserError(str(e)) from None
+        field_name, _, rest = str(e).partition(" ")  # RunConfig's messages start with the field's name
         raise UserError(f"--{field_name.replace('_', '-')} {rest}") from None
+    if args.write_config:
+        target = Path(args.write_config)
+        if target.exists():
+            raise UserError(f"{target} already exists: name another file, or delete it first")
+        from persona_lib import io
+
+        io.atomic_write_text(target, config.template())
+        print(f"wrote {target}: every setting of every stage. Edit it, then: persona run --config {target}")
+        return 0
     start = time.perf_counter()
     try:
         results = run(config)
@@ -144,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=at_least(1), help="reply length cap in tokens (default 120)")
     p.add_argument("--force", action="store_true", default=None, help="redo finished stages instead of resuming")
     p.add_argument("--smoke", action="store_true", help="the tiny model, a few steps: checks every stage in about a minute")
+    p.add_argument("--config", help="a YAML file of settings (run fields, and train:, eval:, export: sections); "
+                                     "flags given here win, and so do --smoke's own settings")
+    p.add_argument("--write-config", dest="write_config", metavar="FILE",
+                   help="write every setting of every stage, as this run would use them, to FILE and stop")
     p.set_defaults(func=_run)
 
     s = sub.add_parser("spec", help="persona specifications")

@@ -33,15 +33,15 @@ import os
 import random
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from persona_lib import io, metrics, paths
+from persona_lib import adapters, io, metrics, paths
+from persona_lib.config import Settings
 from persona_lib.dataset import load_honesty
-from persona_lib.models import load_tokenizer
 from persona_lib.spec import PersonaSpec, load_spec, system_prompt
 
 SYSTEMS = ("base", "base_prompted", "tuned", "tuned_prompted")
@@ -52,7 +52,7 @@ KINDS = ("ordinary", "ooc", "multiturn")
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Settings):
     max_prompts: int | None = None  # held-out prompts, spread over kinds; None: all (49 for TaskMaster)
     systems: tuple[str, ...] = SYSTEMS  # answer the held-out prompts; the targets need only HEADLINE
     max_new_tokens: int = 160  # TaskMaster answers in ~120 words (~160 tokens); less cuts the closing step
@@ -140,7 +140,12 @@ def spread(records: Sequence[dict], n: int | None, seed: int, key: str = "kind")
 
 def eval_sets(spec: PersonaSpec, config: EvalConfig) -> dict:
     """Held-out prompts, dialogues and knowledge questions for `spec`, with notes on fallbacks."""
-    from persona_lib.dataset import has_heldout, heldout_prompts, load_dialogues, load_knowledge
+    from persona_lib.dataset import (
+        has_heldout,
+        heldout_prompts,
+        load_dialogues,
+        load_knowledge,
+    )
 
     notes = []
     prompts = heldout_prompts(spec, kind=None)
@@ -162,59 +167,6 @@ def eval_sets(spec: PersonaSpec, config: EvalConfig) -> dict:
         "knowledge": spread(knowledge, config.knowledge_questions, config.seed, key="_"),
         "notes": notes,
     }
-
-
-def load_tuned(base_id: str, adapter_dir: str | os.PathLike):
-    """(PeftModel, tokenizer): the base model with the adapter on top, in eval mode.
-
-    The tokenizer saved beside the adapter wins (training set its EOS and pad tokens);
-    `with model.disable_adapter():` gives the base model back without a second copy.
-    """
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(
-            f"{adapter_dir} holds no adapter_config.json: point adapter_dir at the folder a training run saved "
-            "(runs/<slug>/adapter/), or train one first (notebook 04)")
-    from peft import PeftModel
-
-    from persona_lib.models import load_chat_model
-
-    model, tokenizer = load_chat_model(base_id)
-    if (adapter_dir / "tokenizer_config.json").is_file():
-        tokenizer = load_tokenizer(adapter_dir)
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
-    model.eval()
-    return model, tokenizer
-
-
-def adapter_base_model(adapter_dir: str | os.PathLike) -> str:
-    """The base model an adapter was trained on (`base_model_name_or_path` of its config)."""
-    config = Path(adapter_dir) / "adapter_config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{config} not found: is {adapter_dir} a PEFT adapter folder?")
-    return io.read_json(config)["base_model_name_or_path"]
-
-
-def placeholder_adapter(base_id: str, out_dir: str | os.PathLike, *, r: int = 4, seed: int = 0) -> Path:
-    """An untrained LoRA adapter with random weights (tokenizer beside it), in a second.
-
-    It lets the evaluation run end to end when no training run has left an adapter; its
-    scores measure noise, not a persona. Train a real one with `persona_lib.train`.
-    """
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from persona_lib.models import load_model
-
-    model, tokenizer = load_model(base_id)
-    torch.manual_seed(seed)
-    config = LoraConfig(r=r, lora_alpha=r, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                        init_lora_weights=False, task_type="CAUSAL_LM")  # False: random B, so it changes outputs
-    out = Path(out_dir)
-    with io.atomic_output(out) as tmp:  # a killed run leaves no half adapter
-        get_peft_model(model, config).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return out
 
 
 def _digest(*parts) -> str:
@@ -356,7 +308,7 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
     started = time.perf_counter()
     config = config or EvalConfig()
     spec = load_spec(spec) if isinstance(spec, (str, os.PathLike)) else spec
-    base_id = base_id or adapter_base_model(adapter_dir)
+    base_id = base_id or adapters.base_model(adapter_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sets = eval_sets(spec, config)
@@ -365,7 +317,7 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
 
     if classifier is None:
         classifier = metrics.train_persona_classifier(seed=config.seed)
-    model, tokenizer = load_tuned(base_id, adapter_dir)
+    model, tokenizer = adapters.load(adapter_dir, base_id)
     from persona_lib.models import resolve
 
     fingerprint = _digest(resolve(base_id), adapter_fingerprint(adapter_dir))  # "tiny" and its path are one model
@@ -406,7 +358,7 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
 
     report = {
         "persona": spec.slug, "name": spec.name, "base_model": base_id, "adapter": str(adapter_dir),
-        "config": asdict(config),
+        "config": config.to_dict(),
         "notes": sets["notes"] + ([] if config.drift_systems else ["drift not measured (drift_systems is empty)"]),
         "prompts": {"n": len(prompts), "ids": [p["id"] for p in prompts], "kinds": dict(Counter(kinds))},
         "classifier": {"labels": classifier.labels, "heldout": classifier.heldout, "trained_on": classifier.trained_on},

@@ -44,12 +44,13 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from persona_lib import io
+from persona_lib import adapters, io
+from persona_lib.config import Settings
 from persona_lib.models import load_tokenizer
 from persona_lib.paths import cache_dir
 
@@ -69,7 +70,7 @@ class ExportError(RuntimeError):
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(Settings):
     quants: tuple[str, ...] = ("Q4_K_M", "Q8_0")  # Q4_K_M: the usual laptop file; Q8_0: near-lossless reference
     merge_dtype: str = "auto"  # auto: float16 on a GPU, float32 on CPU (this CPU has no fast half precision)
     lora: bool = True  # also write the adapter as a GGUF LoRA over a base GGUF (the multi-persona form)
@@ -319,27 +320,6 @@ def _converter_view(hf_dir: Path, beside: Path) -> Iterator[Path]:
         io.remove(view)
 
 
-def adapter_base(adapter_dir: str | os.PathLike) -> str:
-    """The base model an adapter was trained on: the model id in persona_lib.train's
-    manifest.json, else `base_model_name_or_path` of adapter_config.json.
-
-    The manifest comes first because Unsloth writes its pre-quantized 4-bit repository into
-    adapter_config.json; merging into the 16-bit original instead is what Unsloth's own merged
-    export does, and it gives the converter ordinary 16-bit weights.
-    """
-    adapter_dir = Path(adapter_dir)
-    config = adapter_dir / "adapter_config.json"
-    if not config.is_file():
-        raise ExportError(f"{config} is missing: `adapter_dir` must be a PEFT adapter folder "
-                          "(train one with notebook 04, or `persona run`)")
-    if (adapter_dir / "manifest.json").is_file():
-        return io.read_json(adapter_dir / "manifest.json")["base_model"]
-    base = io.read_json(config).get("base_model_name_or_path")
-    if not base:
-        raise ExportError(f"{config} has no base_model_name_or_path: save the adapter with PEFT's save_pretrained")
-    return base
-
-
 def model_dir(model_id: str) -> Path:
     """A local folder for a model id: the persona-lab names and folders as they are, a Hub id
     from the Hugging Face cache (downloading it when allowed, as from_pretrained would)."""
@@ -355,7 +335,7 @@ def model_dir(model_id: str) -> Path:
 
 def base_model_dir(adapter_dir: str | os.PathLike) -> Path:
     """The local folder of the base model an adapter was trained on."""
-    return model_dir(adapter_base(adapter_dir))
+    return model_dir(adapters.base_model(adapter_dir))
 
 
 def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *, dtype: str = "auto",
@@ -391,49 +371,19 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     return out_dir
 
 
-def random_adapter(out_dir: str | os.PathLike, base: str = "tiny", *, seed: int = 0, std: float = 0.02,
-                   rank: int = 8) -> Path:
-    """A LoRA adapter with random weights on every linear layer, saved like a trained one
-    (tokenizer beside it): the export path runs end to end without training first.
-
-    lora_B is drawn from N(0, std) instead of PEFT's zeros, so merging changes the weights
-    and two seeds give two different "personas". It says nothing about any persona's voice.
-    """
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from persona_lib.models import resolve
-
-    base_path = resolve(base)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, std)
-    with io.atomic_output(out_dir) as tmp:
-        peft_model.save_pretrained(tmp)
-        load_tokenizer(base_path).save_pretrained(tmp)
-    return Path(out_dir)
-
-
 def pick_adapter(folder: str | os.PathLike, model_id: str, *, quick_dir: str | os.PathLike | None = None,
                  seed: int = 0) -> tuple[Path, bool]:
     """(adapter folder, trained?): the adapter in `folder` when it was trained on `model_id`;
     otherwise, given `quick_dir`, a quick random adapter made there (smoke runs); otherwise an
     error saying which lesson trains it."""
-    from persona_lib.multi import usable_adapter
-
     folder = Path(folder)
-    if usable_adapter(folder, model_id):
+    if adapters.trained_on(folder, model_id):
         return folder, True
     if quick_dir is None:
         raise ExportError(f"no adapter trained on {model_id} in {folder}: train it first (lesson 4, or "
                           "`persona run`), or point to another adapter folder")
     # std 0.3: on the random tiny model, adapters this strong give visibly different replies.
-    return once(quick_dir, lambda p: random_adapter(p, model_id, seed=seed, std=0.3)), False
+    return once(quick_dir, lambda p: adapters.placeholder(p, model_id, seed=seed, std=0.3)), False
 
 
 def persona_loras(runs_root: str | os.PathLike, model_id: str, out_dir: str | os.PathLike, *,
@@ -1005,9 +955,9 @@ def export(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, config: E
     record = {
         "persona": slug,
         "adapter": str(adapter_dir),
-        "base": adapter_base(adapter_dir),
+        "base": adapters.base_model(adapter_dir),
         "llama_cpp_python": llama_cpp_version(),
-        "config": asdict(config),
+        "config": config.to_dict(),
         "steps": steps,
         "chat_check": check,
         "parity": parity,

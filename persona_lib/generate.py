@@ -46,7 +46,17 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from persona_lib import dataset, io
-from persona_lib.llm import OPENAI_BASE_URL, Endpoint, RequestFailed, RetryPolicy, chat, client, redact, response_format
+from persona_lib.config import Settings
+from persona_lib.llm import (
+    OPENAI_BASE_URL,
+    Endpoint,
+    RequestFailed,
+    RetryPolicy,
+    chat,
+    client,
+    redact,
+    response_format,
+)
 from persona_lib.spec import PersonaSpec, rule_lines
 
 # --------------------------------------------------------------------------- prices
@@ -381,7 +391,7 @@ class NearDupIndex:
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(Settings):
     n: int = 200  # records wanted in the output: the chapter asks for 200+ persona examples
     concurrency: int = 8  # requests in flight; OpenAI's lowest tier allows ~500 requests/min, 8 stays far below
     max_tokens: int = 800  # three exchanges of ~120-word replies plus JSON fit with room to spare

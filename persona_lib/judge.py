@@ -16,8 +16,10 @@ Scores are 1-5 per trait with the spec's hand-written level descriptions (Person
 returned as structured JSON with a rationale before each score, at temperature 0. Structured
 output speaks two dialects: OpenAI's `{"type": "json_schema", ...}` and the llama.cpp server's
 `{"type": "json_object", "schema": ...}` (it answers OpenAI's form with HTTP 500); "auto"
-tries the first once and falls back. Token usage and cost are counted; results are cached in
-a JSONL file keyed by their inputs, so a rerun resumes instead of paying twice.
+tries the first once and falls back. Every request goes through `llm.chat`, as generation's
+do: one retry policy, one dialect switch, one price table (`generate.price_for`). Token usage
+and cost are counted; results are cached in a JSONL file keyed by their inputs, each answer
+appended as it arrives, so a rerun resumes instead of paying twice.
 """
 
 from __future__ import annotations
@@ -29,18 +31,22 @@ import re
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from persona_lib.config import Settings
 from persona_lib.io import atomic_write_text, iter_jsonl
+from persona_lib.llm import Endpoint, RetryPolicy
+from persona_lib.llm import chat as llm_chat
+from persona_lib.llm import client as llm_client
 from persona_lib.spec import SCORES, PersonaSpec, rubric, rubric_text
 
 DIALECTS = ("auto", "json_schema", "json_object")
 
 
 @dataclass
-class JudgeConfig:
+class JudgeConfig(Settings):
     model: str = "gpt-4o-mini"  # cheap, follows JSON schemas well; a local server takes any name
     temperature: float = 0.0  # the same input should get the same verdict
     max_tokens: int = 700  # a rationale per trait (about 40 words each) before its score
@@ -243,71 +249,55 @@ def _as_x(first: str, second: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------- the judge
 
 
-def make_client(base_url: str | None = None, api_key: str | None = None, *, timeout_s: float = 120.0,
-                max_retries: int = 2):
-    """An `openai.OpenAI` client: OpenAI itself with OPENAI_API_KEY (or Colab's secret of that
-    name), or any compatible `base_url` with `api_key` (a local llama.cpp server takes any key).
-
-    The OpenAI key is never sent to another base URL: the client would read OPENAI_API_KEY
-    on its own if no key were passed, so one always is.
-    """
-    from openai import OpenAI
-
-    from persona_lib.llm import openai_api_key
-
-    if base_url is not None:
-        key = api_key or "no-key"
-    else:
-        secret = openai_api_key()
-        key = api_key or (secret.reveal() if secret is not None else None)
-        if key is None:
-            raise RuntimeError("No judge endpoint: set OPENAI_API_KEY for OpenAI, or pass base_url= of an "
-                               "OpenAI-compatible server (e.g. the local llama.cpp server).")
-    return OpenAI(api_key=key, base_url=base_url, timeout=timeout_s, max_retries=max_retries)
+def judge_endpoint(config: JudgeConfig, base_url: str | None = None, api_key: str | None = None) -> Endpoint:
+    """Where a judge's requests go: OpenAI (the key from OPENAI_API_KEY or Colab's secret of
+    that name) without `base_url`, else that OpenAI-compatible server with `api_key` (a local
+    llama.cpp server takes any key). The OpenAI key is never sent to another base URL."""
+    dialect = "" if config.response_format == "auto" else config.response_format
+    if base_url is None:
+        return Endpoint.openai(config.model, api_key=api_key, timeout=config.timeout_s, dialect=dialect)
+    return Endpoint.compatible(base_url, config.model, api_key=api_key, timeout=config.timeout_s, dialect=dialect)
 
 
 class Judge:
     """One judge model behind one endpoint, with its usage, cost and result cache.
 
-    `Judge(config, client=...)` or `Judge(config, base_url=..., api_key=...)`; `cache` is a
-    JSONL file that makes reruns resume.
+    `Judge.from_endpoint(endpoint, config)`, or `Judge(config, base_url=..., api_key=...)`
+    (OpenAI without `base_url`); `cache` is a JSONL file that makes reruns resume.
     """
 
-    def __init__(self, config: JudgeConfig | None = None, *, client=None, base_url: str | None = None,
-                 api_key: str | None = None, cache: str | os.PathLike | None = None, name: str | None = None,
-                 price: tuple[float, float] | None = None):
+    def __init__(self, config: JudgeConfig | None = None, *, endpoint: Endpoint | None = None,
+                 base_url: str | None = None, api_key: str | None = None, cache: str | os.PathLike | None = None,
+                 name: str | None = None, price: tuple[float, float] | None = None,
+                 retry: RetryPolicy | None = None):
         self.config = config or JudgeConfig()
-        self.client = client or make_client(base_url, api_key, timeout_s=self.config.timeout_s)
+        self.endpoint = endpoint or judge_endpoint(self.config, base_url, api_key)
+        self.http = llm_client(self.endpoint)
+        self.retry = retry or RetryPolicy()
         self.name = name or self.config.model
         self._price = price
-        self.dialect = None if self.config.response_format == "auto" else self.config.response_format
         self.calls = self.prompt_tokens = self.completion_tokens = self.cached = self.failures = 0
         self._lock = threading.Lock()
-        self._probe = threading.Lock()  # in auto mode, one request finds the dialect; the others wait
         self.cache_path = None
         self._cache: dict[str, dict] = {}
         if cache is not None:
             self.use_cache(cache)
 
+    @property
+    def dialect(self) -> str:
+        """The structured-output dialect in use (json_schema until a server rejects it)."""
+        return self.endpoint.dialect
+
     @classmethod
-    def from_endpoint(cls, endpoint, config: JudgeConfig | None = None, **kw) -> "Judge":
+    def from_endpoint(cls, endpoint: Endpoint, config: JudgeConfig | None = None, **kw) -> "Judge":
         """A judge on an `llm.Endpoint` (OpenAI, a local llama.cpp server, Ollama, vLLM): its
         model, its structured-output dialect, its parallelism and its price."""
         from dataclasses import replace
 
-        from persona_lib.generate import price_for
-        from persona_lib.llm import client
-
-        # OpenAI and llama.cpp have known dialects; for other servers, find out
-        dialect = endpoint.dialect if endpoint.kind in ("openai", "llamacpp") else "auto"
-        config = replace(config or JudgeConfig(), model=endpoint.model, response_format=dialect,
+        config = replace(config or JudgeConfig(), model=endpoint.model, response_format=endpoint.dialect,
                          concurrency=min((config or JudgeConfig()).concurrency, endpoint.parallel or 64),
                          timeout_s=endpoint.timeout)
-        if config.price_in_per_mtok is None and config.price_out_per_mtok is None:
-            kw.setdefault("price", price_for(endpoint))
-        # llm.client turns the openai client's retries off (llm.chat retries itself); the judge
-        # leans on the client's own backoff for 429s and 5xx.
-        return cls(config, client=client(endpoint).with_options(max_retries=3), name=endpoint.source, **kw)
+        return cls(config, endpoint=endpoint, name=endpoint.source, **kw)
 
     def use_cache(self, path: str | os.PathLike) -> None:
         """Keep results in the JSONL file `path` (loading what an earlier run left there)."""
@@ -317,45 +307,24 @@ class Judge:
 
     # ---- transport
 
-    def _response_format(self, name: str, schema: dict, dialect: str) -> dict:
-        from persona_lib.llm import response_format
-
-        return response_format(schema, dialect, name)
-
-    def _count_call(self) -> None:
+    def _count_calls(self, n: int = 1) -> None:
         with self._lock:
-            if self.calls >= self.config.max_calls:
+            if self.calls + n > self.config.max_calls:
                 raise JudgeBudgetError(
                     f"judge {self.name!r} reached max_calls={self.config.max_calls}; raise JudgeConfig.max_calls "
                     "if the spend is intended")
-            self.calls += 1
+            self.calls += n
 
     def _create(self, messages: list[dict], name: str, schema: dict) -> str:
-        import openai
-
-        kw = dict(model=self.config.model, messages=messages, temperature=self.config.temperature,
-                  max_tokens=self.config.max_tokens)
-        if self.config.seed is not None:
-            kw["seed"] = self.config.seed
-        self._count_call()
-        response = None
-        with self._probe:
-            if self.dialect is None:  # auto: ask once in OpenAI's dialect, without the client's retries
-                try:
-                    response = self.client.with_options(max_retries=0).chat.completions.create(
-                        response_format=self._response_format(name, schema, "json_schema"), **kw)
-                    self.dialect = "json_schema"
-                except (openai.InternalServerError, openai.BadRequestError, openai.UnprocessableEntityError):
-                    self.dialect = "json_object"  # the llama.cpp server's answer to json_schema is HTTP 500
-                    self._count_call()
-        if response is None:
-            response = self.client.chat.completions.create(
-                response_format=self._response_format(name, schema, self.dialect), **kw)
-        if response.usage is not None:
-            with self._lock:
-                self.prompt_tokens += response.usage.prompt_tokens
-                self.completion_tokens += response.usage.completion_tokens
-        return response.choices[0].message.content or ""
+        self._count_calls()
+        dialect = self.endpoint.dialect
+        reply = llm_chat(self.endpoint, messages, schema=schema, schema_name=name, max_tokens=self.config.max_tokens,
+                         temperature=self.config.temperature, seed=self.config.seed, retry=self.retry, http=self.http)
+        with self._lock:  # retries, and a request the server refused in the other dialect, were requests too
+            self.calls += reply.attempts - 1 + (self.endpoint.dialect != dialect)
+            self.prompt_tokens += reply.prompt_tokens
+            self.completion_tokens += reply.completion_tokens
+        return reply.text
 
     def _ask(self, key: str, build, name: str, schema: dict, parse) -> dict:
         if key in self._cache:
@@ -456,29 +425,29 @@ class Judge:
         atomic_write_text(self.cache_path, "".join(rows))
 
     def prices(self) -> tuple[float, float] | None:
-        """(input, output) USD per million tokens: the config's, else the endpoint's, else
-        generate.PRICES by model name; (0, 0) on this machine; None when unknown."""
-        from persona_lib.generate import PRICES
+        """(input, output) USD per million tokens: the config's, else the one given, else
+        `generate.price_for` the endpoint (list prices by model; 0 on servers you run), else 0
+        for any server on this machine; None when unknown."""
+        from urllib.parse import urlsplit
+
+        from persona_lib.generate import price_for
 
         c = self.config
         if c.price_in_per_mtok is not None or c.price_out_per_mtok is not None:
             return (c.price_in_per_mtok or 0.0, c.price_out_per_mtok or 0.0)
-        if self._price is not None:
-            return self._price
-        dated = re.sub(r"-\d{4}-\d{2}-\d{2}$", "", c.model)  # gpt-4o-mini-2024-07-18 -> gpt-4o-mini
-        if dated in PRICES:
-            return PRICES[dated]
-        host = self.client.base_url.host
-        return (0.0, 0.0) if host in ("127.0.0.1", "localhost", "::1") else None
+        price = price_for(self.endpoint, self._price)
+        if price is None and urlsplit(self.endpoint.base_url).hostname in ("127.0.0.1", "localhost", "::1"):
+            return (0.0, 0.0)
+        return price
 
     def usage(self) -> dict:
         """Requests, tokens and cost in USD (None when the model's price is unknown)."""
         prices = self.prices()
         cost = None if prices is None else (self.prompt_tokens * prices[0] + self.completion_tokens * prices[1]) / 1e6
-        return {"judge": self.name, "model": self.config.model, "endpoint": str(self.client.base_url),
+        return {"judge": self.name, "model": self.config.model, "endpoint": self.endpoint.base_url,
                 "dialect": self.dialect, "requests": self.calls, "cached": self.cached, "failures": self.failures,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "cost_usd": cost, "price_per_mtok": prices, "config": asdict(self.config)}
+                "cost_usd": cost, "price_per_mtok": prices, "config": self.config.to_dict()}
 
 
 # --------------------------------------------------------------------------- summaries

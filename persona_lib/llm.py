@@ -296,8 +296,8 @@ def _classify(error) -> tuple[str, bool, float | None]:
     raise error
 
 
-def chat(endpoint: Endpoint, messages: list[dict], *, schema: dict | None = None, max_tokens: int = 512,
-         temperature: float = 0.7, seed: int | None = None, retry: RetryPolicy | None = None,
+def chat(endpoint: Endpoint, messages: list[dict], *, schema: dict | None = None, schema_name: str = "record",
+         max_tokens: int = 512, temperature: float = 0.7, seed: int | None = None, retry: RetryPolicy | None = None,
          http=None, rng: random.Random | None = None,
          on_retry: Callable[[str, float], None] | None = None) -> Reply:
     """One chat completion with retries; `schema` asks for structured output in the endpoint's
@@ -318,7 +318,7 @@ def chat(endpoint: Endpoint, messages: list[dict], *, schema: dict | None = None
         if seed is not None:
             kw["seed"] = seed
         if schema is not None:
-            kw["response_format"] = response_format(schema, endpoint.dialect)
+            kw["response_format"] = response_format(schema, endpoint.dialect, schema_name)
         attempts += 1
         wait = None
         try:

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from persona_lib import paths
+from persona_lib.adapters import base_model, trained_on
+from persona_lib.config import Settings
 
 PERSONAS = ("taskmaster", "captain_codebeard", "zen_coder")
 BASE = "base"  # the name under which replies come from the base model, adapters disabled
@@ -55,40 +57,6 @@ def conditioned_dir(runs_root: str | os.PathLike | None = None) -> Path:
     return multi_dir(runs_root) / "conditioned_adapter"
 
 
-def adapter_base(folder: str | os.PathLike) -> str:
-    """The base model an adapter folder was trained on (`adapter_config.json`)."""
-    from persona_lib.io import read_json
-
-    config = Path(folder) / "adapter_config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{folder} is not a PEFT adapter folder: {config.name} is missing. "
-                                "Train it (lesson 4, or `multi.ensure_adapter`) or fix the path.")
-    return read_json(config)["base_model_name_or_path"]
-
-
-def usable_adapter(folder: str | os.PathLike, model_id: str) -> bool:
-    """True when `folder` holds an adapter trained on `model_id` (a lesson-4 adapter of the tiny
-    smoke model must not be loaded onto SmolLM2, and the other way round).
-
-    A folder from `persona_lib.train` says so in manifest.json (written last, so its presence
-    also means training finished); Unsloth records its own 4-bit repository in
-    adapter_config.json, so the manifest's model id is the one to compare. Other PEFT folders
-    are judged by adapter_config.json.
-    """
-    from persona_lib.io import read_json
-    from persona_lib.models import resolve
-
-    folder = Path(folder)
-    if not (folder / "adapter_config.json").is_file():
-        return False
-    wanted = resolve(model_id)
-    if (folder / "manifest.json").is_file():
-        manifest = read_json(folder / "manifest.json")
-        return manifest["base_model"] == model_id or manifest["model_path"] == wanted
-    base = adapter_base(folder)
-    return base == wanted or Path(base).resolve() == Path(wanted).resolve()
-
-
 # --------------------------------------------------------------------------- one base, several adapters
 
 
@@ -106,7 +74,7 @@ def load_personas(model_id: str, adapters: Mapping[str, str | os.PathLike]):
     if not adapters:
         raise ValueError("load_personas needs at least one adapter: {name: adapter folder}")
     for name, folder in adapters.items():
-        adapter_base(folder)  # a readable error for a missing folder before the base model loads
+        base_model(folder)  # a readable error for a missing folder before the base model loads
         if name == BASE or "." in name:
             raise ValueError(f"adapter name {name!r}: use a slug without dots, and not {BASE!r} (the base model)")
     base, tokenizer = load_chat_model(model_id)
@@ -435,7 +403,7 @@ def ensure_adapter(folder: str | os.PathLike, config, records: Sequence[dict], *
 
     def differences(candidate: Path) -> list[str] | None:
         """What differs from the request; None when `candidate` holds no finished adapter for this base."""
-        if not (usable_adapter(candidate, config.model_id) and (candidate / "manifest.json").is_file()):
+        if not (trained_on(candidate, config.model_id) and (candidate / "manifest.json").is_file()):
             return None
         manifest = read_json(candidate / "manifest.json")
         trained_with = manifest.get("config", {})
@@ -464,7 +432,7 @@ def ensure_adapter(folder: str | os.PathLike, config, records: Sequence[dict], *
 
 
 @dataclass
-class MultiConfig:
+class MultiConfig(Settings):
     """Lesson 6 end to end (`run_multi`): adapters, bleed matrices, blend curve, routing."""
 
     model: str = "embedded"  # the base every adapter is trained on and loaded onto

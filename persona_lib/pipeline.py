@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
 from persona_lib import io, paths
+from persona_lib.config import Settings, plain
 
 # The persona-tuner skill's floor (.claude/skills/persona-tuner/SKILL.md): fewer conversations of a
 # voice teach catchphrases, not a personality, so the run stops before training and says what to do.
@@ -34,8 +36,12 @@ class NotEnoughData(RuntimeError):
     how many it has and the commands that get more."""
 
 
+# What --smoke sets: every stage on the tiny random-init model, in seconds.
+SMOKE = {"model": "tiny", "n_prompts": 2, "max_new_tokens": 8, "eval_prompts": 4, "smoke": True}
+
+
 @dataclass
-class RunConfig:
+class RunConfig(Settings):
     persona: str = "taskmaster"  # a shipped slug or a path to a spec YAML file
     model: str = "embedded"  # "embedded", "tiny", a Hub id or a local folder
     runs_root: str = "runs"  # run folders live in <runs_root>/<slug>/
@@ -47,6 +53,10 @@ class RunConfig:
     eval_prompts: int = 24  # held-out prompts in the evaluation, spread over kinds (see eval_stage on time)
     smoke: bool = False  # every stage on the tiny model, in seconds
     force: bool = False  # redo finished stages instead of resuming
+    # Stage settings over the pipeline's own (a YAML file's train:, eval: and export: sections):
+    train: dict = field(default_factory=dict)  # TrainConfig fields, over TrainConfig.cpu() (smoke: .smoke())
+    eval: dict = field(default_factory=dict)  # EvalConfig fields, over the 4-minute budget in eval_stage
+    export: dict = field(default_factory=dict)  # ExportConfig fields, over one Q4_K_M file without the LoRA GGUF
 
     def __post_init__(self):
         for name in ("n_prompts", "max_new_tokens", "eval_prompts"):
@@ -58,12 +68,73 @@ class RunConfig:
             raise ValueError(f"judge must be none, local, openai or auto, not {self.judge!r}")
         if self.data and not Path(self.data).is_file():
             raise FileNotFoundError(f"data {self.data}: no such file; pass a JSONL of conversations")
+        self.stage_configs()  # a misspelt or out-of-range stage setting fails now, before any model loads
+
+    def stage_configs(self) -> dict:
+        """The settings each stage runs with: {"train": TrainConfig, "eval": {EvalConfig fields
+        over the judge's preset}, "export": ExportConfig}; `train`, `eval` and `export` win."""
+        from persona_lib.evaluate import HEADLINE, EvalConfig
+        from persona_lib.export import ExportConfig
+        from persona_lib.train import TrainConfig
+
+        def build(name, make):
+            try:
+                return make()
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{name} {e}") from None
+
+        train = build("train:", lambda: TrainConfig.from_dict(
+            {**(TrainConfig.smoke() if self.smoke else TrainConfig.cpu(model_id=self.model)).to_dict(), **self.train}))
+        # The 4-minute budget: the three targets' measures, nothing else. All four systems with
+        # 160-token replies and five-turn drift (EvalConfig's defaults, bench/eval_taskmaster.py)
+        # took 1,209 s on 2 idle cores; 120-token replies (about 90 words, TaskMaster's length),
+        # three-turn drift and batches of 32 still took 389 s. Generation is the whole cost, so
+        # the quick eval answers with the two systems the targets compare (base + prompt, tuned),
+        # skips drift (no target reads it) and asks the 38 knowledge questions in one batch.
+        # Lesson 5 and the bench keep the side systems and drift.
+        budget = {"systems": HEADLINE, "drift_systems": (), "max_prompts": self.eval_prompts}
+        if not self.smoke:
+            budget.update(pairwise_against=("base_prompted",), max_new_tokens=self.max_new_tokens,
+                          knowledge_max_new_tokens=self.max_new_tokens, batch_size=48)
+        evaluation = {**budget, **self.eval}
+        preset = EvalConfig.smoke if self.smoke else EvalConfig  # as evaluate.choose_judge builds it
+        build("eval:", lambda: preset(**EvalConfig.known(evaluation)))
+        export = build("export:", lambda: ExportConfig.from_dict(
+            {**(ExportConfig.smoke(lora=False) if self.smoke else ExportConfig(quants=("Q4_K_M",), lora=False)).to_dict(),
+             **self.export}))
+        return {"train": train, "eval": evaluation, "export": export}
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **overrides) -> "RunConfig":
+        """A YAML file of run settings: RunConfig fields at the top level, and `train:`, `eval:`
+        and `export:` sections of those stages' fields (`persona run --write-config` writes one
+        to start from); `overrides` (the flags given) win."""
+        from persona_lib.config import read_yaml
+
+        data = read_yaml(path)
+        try:
+            return cls.from_dict(data, **overrides)
+        except (TypeError, ValueError, FileNotFoundError) as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    def template(self) -> str:
+        """This run's settings as a YAML file to edit: every field of every stage, as it runs."""
+        configs = self.stage_configs()
+        run = {k: v for k, v in self.to_dict().items() if k not in ("train", "eval", "export", "smoke", "force")}
+        data = {**run, "train": configs["train"].to_dict(), "eval": plain(configs["eval"]),
+                "export": configs["export"].to_dict()}
+        import yaml
+
+        return ("# persona run settings (persona run --config FILE): run fields at the top; train:, eval: and\n"
+                "# export: hold TrainConfig, EvalConfig and ExportConfig fields (their docstrings and comments\n"
+                "# in persona_lib/train.py, evaluate.py and export.py say what each does). Flags given on the\n"
+                "# command line win over this file; delete what you do not change.\n"
+                + yaml.safe_dump(data, sort_keys=False))
 
     @classmethod
     def smoke_preset(cls, **overrides) -> "RunConfig":
         """Every stage on the tiny random-init model, in seconds: for tests and CI."""
-        return cls(**{"model": "tiny", "n_prompts": 2, "max_new_tokens": 8, "eval_prompts": 4, "smoke": True,
-                      **overrides})
+        return cls(**{**SMOKE, **overrides})
 
 
 @dataclass
@@ -187,14 +258,14 @@ def not_enough_message(spec, config: RunConfig, have: int) -> str:
 def run(config: RunConfig) -> list[StageResult]:
     from persona_lib.dataset import heldout_prompts
     from persona_lib.spec import load_spec, save_spec, spec_to_dict, system_prompt
-    from persona_lib.train import TrainConfig
 
     spec = load_spec(config.persona)
     run_folder = paths.run_dir(spec.slug + ("-smoke" if config.smoke else ""), config.runs_root)
     # Cheap checks before any model loads: the conversations exist and are enough.
     if not config.generate:
         check_enough_data(spec, config, run_folder)
-    io.write_json(run_folder / "run_config.json", asdict(config))
+    io.write_json(run_folder / "run_config.json", config.to_dict())
+    settings = config.stage_configs()
     results = []
     models = versions("torch", "transformers", "peft", "trl", "accelerate")
     model = model_identity(config.model)
@@ -244,7 +315,7 @@ def run(config: RunConfig) -> list[StageResult]:
                     print("WARNING: the local SmolLM2-135M endpoint writes weak conversations; read them before "
                           "training on them, or set OPENAI_API_KEY for a capable model.")
                 result = generate.run(spec, endpoint, folder / "generated.jsonl", gen_config,
-                                      against=persona_records(spec, RunConfig(**{**asdict(config), "generate": 0}), run_folder))
+                                      against=persona_records(spec, replace(config, generate=0), run_folder))
             return {"accepted": result.report["accepted_total"], "endpoint": result.report["endpoint"]["kind"]}
 
         stage("generate", generate_stage, spec=spec_done.fingerprint, generate=config.generate, smoke=config.smoke)
@@ -277,26 +348,14 @@ def run(config: RunConfig) -> list[StageResult]:
         return {"train_loss": result.train_loss, "eval_loss": result.eval_loss,
                 "tokens_per_second": round(result.tokens_per_second, 1), "loss_curve": str(folder / "loss_curve.png")}
 
-    train_config = TrainConfig.smoke() if config.smoke else TrainConfig.cpu(model_id=config.model)
+    train_config = settings["train"]
     adapter = stage("adapter", adapter_stage, data=data.fingerprint, model=model, train_config=train_config.to_dict(),
                     versions=models)
 
     def eval_stage(folder: Path) -> dict:
         from persona_lib import evaluate
 
-        # The 4-minute budget: the three targets' measures, nothing else. All four systems with
-        # 160-token replies and five-turn drift (EvalConfig's defaults, bench/eval_taskmaster.py)
-        # took 1,209 s on 2 idle cores; 120-token replies (about 90 words, TaskMaster's length),
-        # three-turn drift and batches of 32 still took 389 s. Generation is the whole cost, so
-        # the quick eval answers with the two systems the targets compare (base + prompt, tuned),
-        # skips drift (no target reads it) and asks the 38 knowledge questions in one batch.
-        # Lesson 5 and the bench keep the side systems and drift.
-        budget = {"systems": evaluate.HEADLINE, "drift_systems": ()}
-        if not config.smoke:
-            budget.update(pairwise_against=("base_prompted",), max_new_tokens=config.max_new_tokens,
-                          knowledge_max_new_tokens=config.max_new_tokens, batch_size=48)
-        with evaluate.choose_judge(config.judge, smoke=config.smoke, max_prompts=config.eval_prompts,
-                                   **budget) as choice:
+        with evaluate.choose_judge(config.judge, smoke=config.smoke, **settings["eval"]) as choice:
             print(choice.description)
             report = evaluate.evaluate(spec, None, adapter.folder, folder, choice.config, judge=choice.judge)
         targets = report["targets"]
@@ -308,28 +367,28 @@ def run(config: RunConfig) -> list[StageResult]:
 
     stage("eval", eval_stage, adapter=adapter.fingerprint, spec=spec_done.fingerprint, judge=config.judge,
           eval_prompts=config.eval_prompts, max_new_tokens=config.max_new_tokens, smoke=config.smoke,
+          eval_settings=plain(settings["eval"]),
           eval_files={p.name: file_sha256(p) for p in sorted(paths.eval_dir().glob("*.jsonl"))}, versions=models)
 
     def export_stage(folder: Path) -> dict:
         from persona_lib import export
 
-        export_config = (export.ExportConfig.smoke(lora=False) if config.smoke
-                         else export.ExportConfig(quants=("Q4_K_M",), lora=False))
-        return export.export(adapter.folder, folder, export_config, spec=spec)
+        return export.export(adapter.folder, folder, settings["export"], spec=spec)
 
     exported = stage("export", export_stage, adapter=adapter.fingerprint, spec=spec_done.fingerprint,
-                     smoke=config.smoke, versions={**models, **versions("llama-cpp-python", "gguf")})
+                     smoke=config.smoke, export_settings=settings["export"].to_dict(),
+                     versions={**models, **versions("llama-cpp-python", "gguf")})
 
     def chat_stage(folder: Path) -> dict:
         from persona_lib import export
 
-        gguf = exported.folder / f"{spec.slug}.Q4_K_M.gguf"
+        gguf = exported.folder / f"{spec.slug}.{settings['export'].quants[0]}.gguf"
         llm = export.load_gguf(gguf, n_ctx=1024)
         rows = []
         for prompt in heldout_prompts(spec, 2):
             check = export.chat_check(llm, prompt["messages"], max_tokens=config.max_new_tokens)
             rows.append({"id": prompt["id"], "prompt": prompt["messages"][-1]["content"], **check})
-            print(f"\nUSER: {rows[-1]['prompt']}\n{spec.name} (GGUF Q4_K_M): {check.get('reply', '')}")
+            print(f"\nUSER: {rows[-1]['prompt']}\n{spec.name} (GGUF {gguf.name}): {check.get('reply', '')}")
         io.write_jsonl(folder / "chat.jsonl", rows)
         return {"gguf": str(gguf), "replies": len(rows), "stops_at_end_of_turn": all(r["ok"] for r in rows)}
 

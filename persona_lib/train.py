@@ -38,11 +38,12 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from persona_lib import io
+from persona_lib.config import Settings
 from persona_lib.models import COLAB_DEFAULT, EMBEDDED, TINY, load_tokenizer
 
 # All attention and MLP projections of Llama-family models (SmolLM2, Llama 3, Qwen, Mistral);
@@ -56,7 +57,7 @@ LOSSES = ("target_logits", "nll", "chunked_nll")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     """Everything a persona training run needs; the same object serves notebook, CLI and YAML.
 
     The defaults are the offline CPU default (the embedded SmolLM2-135M); `colab_t4()` is the
@@ -164,59 +165,6 @@ class TrainConfig:
         preset = dict(model_id=TINY, max_steps=6, batch_size=2, gradient_accumulation_steps=1,
                       max_seq_length=256, eval_steps=3, save_steps=3, warmup_ratio=0.0)
         return cls(**{**preset, **overrides})
-
-    # ------------------------------------------------------------------ YAML
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["target_modules"] = list(self.target_modules)
-        return data
-
-    def to_yaml(self, path: str | os.PathLike | None = None) -> str:
-        import yaml
-
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None:
-            io.atomic_write_text(path, text)
-        return text
-
-    @classmethod
-    def from_dict(cls, data: dict, **overrides) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {', '.join(unknown)}; "
-                             f"known fields are {', '.join(sorted(known))}")
-        return cls(**{**data, **overrides})
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike, **overrides) -> "TrainConfig":
-        """Load a YAML file of TrainConfig fields (any subset; the rest keep their defaults)."""
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of TrainConfig fields, got {type(data).__name__}")
-        try:
-            return cls.from_dict(data, **overrides)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: {e}") from None
-
-
-def field_docs() -> dict[str, str]:
-    """Each TrainConfig field's why-comment, read from this file: the CLI's --help shows them,
-    so the reasons are written once, at the definition."""
-    import ast
-    import inspect
-
-    source = inspect.getsource(TrainConfig)
-    lines = source.splitlines()
-    docs = {}
-    for node in ast.parse(source).body[0].body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            line = lines[node.lineno - 1]
-            docs[node.target.id] = line.split("  # ", 1)[1].strip() if "  # " in line else ""
-    return docs
 
 
 def match_target_modules(requested: Sequence[str], available: set[str]) -> list[str]:
@@ -484,7 +432,9 @@ def _fix_tokenizer(tokenizer):
 
 
 def _load_unsloth(config: TrainConfig, path: str):
-    from unsloth import FastLanguageModel  # first: Unsloth patches transformers when imported
+    from unsloth import (
+        FastLanguageModel,  # first: Unsloth patches transformers when imported
+    )
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=path, max_seq_length=config.max_seq_length, dtype=None, load_in_4bit=config.load_in_4bit)
@@ -1052,21 +1002,6 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
 
 def read_loss_log(output_dir: str | os.PathLike) -> list[dict]:
     return io.read_jsonl(Path(output_dir) / "loss_log.jsonl")
-
-
-def load_adapter(adapter_dir: str | os.PathLike):
-    """(model, tokenizer): the base model of a trained adapter folder with the adapter applied,
-    and the tokenizer saved with it (the chat template it was trained with)."""
-    from peft import PeftModel
-
-    from persona_lib.models import load_chat_model
-
-    adapter_dir = Path(adapter_dir)
-    manifest = io.read_json(adapter_dir / "manifest.json")
-    model, _ = load_chat_model(manifest["base_model"])
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
-    model.eval()
-    return model, load_tokenizer(adapter_dir)
 
 
 def preset(model_id: str, **overrides) -> TrainConfig:

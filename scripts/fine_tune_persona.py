@@ -36,7 +36,7 @@ DOCUMENTED = {"model_id", "max_seq_length", "load_in_4bit"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from persona_lib.train import TrainConfig, field_docs
+    from persona_lib.train import TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="fine_tune_persona.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "without it an earlier run's checkpoints are discarded")
     run.add_argument("--no_progress", action="store_true", help="no progress bar (logs, CI)")
     cfg = parser.add_argument_group("TrainConfig fields (default: the hardware's preset, then --config)")
-    docs = field_docs()
+    docs = TrainConfig.field_docs()
     for f in fields(TrainConfig):
         if f.name in DOCUMENTED:
             continue

@@ -79,7 +79,9 @@ class ScriptedJudge:
         rf = body.get("response_format") or {}
         if rf.get("type") == "json_schema" and self.reject_json_schema:
             # what llama-cpp-python's server answers to OpenAI's structured-output dialect
-            return 500, {"error": {"message": "Internal Server Error", "type": "internal_server_error"}}
+            return 500, {"error": {"message": "1 validation error: ('body', 'response_format', 'type') Input should "
+                                              "be 'text' or 'json_object'; got json_schema",
+                                   "type": "internal_server_error"}}
         schema = rf.get("json_schema", {}).get("schema") if rf.get("type") == "json_schema" else rf.get("schema")
         with self._lock:
             broken = self.broken_left > 0

@@ -1,5 +1,6 @@
 """`persona run --smoke`: every stage of the main job on the tiny model, resumable."""
 
+import json
 
 import pytest
 
@@ -117,14 +118,25 @@ BAD_INPUTS = [
     (["--persona", "no_such_persona"], ["no shipped persona spec 'no_such_persona'", "taskmaster"]),
     (["--persona", "MALFORMED"], ["broken.yaml", "problem"]),
     (["--data", "BADLINES"], ["bad.jsonl:1", "bad.jsonl:2", "not valid JSON"]),
+    (["--config", "{tmp}/none.yaml"], ["cannot read", "none.yaml"]),
+    (["--config", "CONFIG:train: {learnig_rate: 0.01}"], ["run.yaml", "train: unknown TrainConfig field(s) learnig_rate"]),
+    (["--config", "CONFIG:export: {quants: [Q3]}"], ["run.yaml", "export: quants must be a non-empty subset"]),
+    (["--config", "CONFIG:generate: -1"], ["run.yaml", "generate must be 0 or more"]),
+    (["--config", "CONFIG:[a, b"], ["run.yaml is not valid YAML"]),
 ]
+
+
+def _config(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text + "\n")
+    return str(path)
 
 
 @pytest.mark.parametrize("argv, expected", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_inputs_are_one_message_and_exit_2(tmp_path, capsys, argv, expected):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    argv = [_malformed_spec(tmp_path) if a == "MALFORMED" else _bad_lines(tmp_path) if a == "BADLINES" else a
-            for a in argv]
+    argv = [_malformed_spec(tmp_path) if a == "MALFORMED" else _bad_lines(tmp_path) if a == "BADLINES"
+            else _config(tmp_path, a[len("CONFIG:"):]) if a.startswith("CONFIG:") else a for a in argv]
     try:
         status = main(["run", "--smoke", "--runs-root", str(tmp_path / "runs"), *argv])
     except SystemExit as e:  # argparse's own refusals
@@ -167,6 +179,36 @@ def test_a_changed_setting_reruns_its_stage_and_those_after(smoke_run, tmp_path,
     assert "[chat] rerunning (export, max_new_tokens changed since it ran)" not in out  # export was reused
     assert "[chat] rerunning (max_new_tokens changed since it ran)" in out
     assert out.count("already done") == 4
+
+
+def test_a_settings_file_reaches_the_stages_and_flags_win(smoke_run, tmp_path, capsys):
+    """`--write-config` writes every stage's settings; edited and given back with `--config`,
+    a train: setting retrains the adapter and reruns what follows it; a flag beats the file."""
+    import shutil
+
+    import yaml
+
+    from persona_lib.pipeline import RunConfig
+
+    root = tmp_path / "runs"
+    shutil.copytree(smoke_run, root / smoke_run.name)
+    path = tmp_path / "run.yaml"
+    assert main(["run", "--smoke", "--runs-root", str(root), "--write-config", str(path)]) == 0
+    assert main(["run", "--smoke", "--write-config", str(path)]) == 2  # never overwrites
+    written = yaml.safe_load(path.read_text())
+    assert written["train"]["learning_rate"] == RunConfig.smoke_preset().stage_configs()["train"].learning_rate
+    assert written["export"]["quants"] == ["Q4_K_M"] and written["eval"]["max_prompts"] == 4
+    written["train"]["learning_rate"] = 0.002
+    written["max_new_tokens"] = 99
+    path.write_text(yaml.safe_dump(written))
+    capsys.readouterr()
+    assert main(["run", "--smoke", "--runs-root", str(root), "--config", str(path), "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "[adapter] rerunning (train_config changed since it ran)" in out, out
+    rerun = [line.split("]")[0].strip("[") for line in out.splitlines() if "rerunning (" in line]
+    assert rerun == ["adapter", "eval", "export", "chat"], out  # max_new_tokens 8 from the flag: baseline reused
+    run_config = json.loads((root / smoke_run.name / "run_config.json").read_text())
+    assert run_config["train"]["learning_rate"] == 0.002 and run_config["max_new_tokens"] == 8
 
 
 def test_an_upstream_change_reruns_everything_downstream(tmp_path, capsys):

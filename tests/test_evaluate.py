@@ -82,18 +82,22 @@ def test_the_judge_decides_the_persona_target_only_when_informative():
     assert ev.judge_informative({"used": False, "why": "no judge given"}) == (False, "no judge given")
 
 
-def test_load_tuned_names_the_missing_adapter(tmp_path):
+def test_loading_names_the_missing_adapter(tmp_path):
+    from persona_lib import adapters
+
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
-        ev.load_tuned("tiny", tmp_path)
+        adapters.load(tmp_path, "tiny")
 
 
 def test_the_adapter_is_switched_off_for_base_answers_and_on_for_tuned(tmp_path, tiny, tiny_path):
     from persona_lib.chat import generate_replies
     from persona_lib.spec import load_spec
 
+    from persona_lib import adapters
+
     adapter = make_adapter(tmp_path / "adapter", identity=False)
-    assert ev.adapter_base_model(adapter) == tiny_path
-    model, tokenizer = ev.load_tuned("tiny", adapter)
+    assert adapters.base_model(adapter) == tiny_path
+    model, tokenizer = adapters.load(adapter, "tiny")
     conversations = [[{"role": "user", "content": "Plan my Monday."}], [{"role": "user", "content": "Add dentist."}]]
     gen = ev.Generator(model, tokenizer, load_spec("taskmaster"), tmp_path / "cache", "fp",
                        ev.EvalConfig.smoke(max_new_tokens=6))
@@ -105,9 +109,13 @@ def test_the_adapter_is_switched_off_for_base_answers_and_on_for_tuned(tmp_path,
 
 
 def test_placeholder_adapter_is_a_loadable_peft_folder(tmp_path, tiny_path):
-    adapter = ev.placeholder_adapter("tiny", tmp_path / "eval" / "placeholder_adapter")
+    from persona_lib import adapters
+
+    adapter = adapters.placeholder(tmp_path / "eval" / "placeholder_adapter", "tiny")
     assert (adapter / "adapter_config.json").is_file() and (adapter / "tokenizer.json").is_file()
-    assert ev.adapter_base_model(adapter) == tiny_path
+    assert adapters.base_model(adapter) == tiny_path and adapters.trained_on(adapter, "tiny")
+    model, _ = adapters.load(adapter)
+    assert any("lora_B" in n and p.abs().max() > 0 for n, p in model.named_parameters())  # it changes outputs
     assert not list((tmp_path / "eval").glob(".placeholder_adapter.*"))  # no temp folder left behind
 
 

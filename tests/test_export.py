@@ -16,6 +16,7 @@ import pytest
 
 from persona_lib import export as ex
 from persona_lib import io
+from persona_lib.adapters import placeholder
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = [{"role": "user", "content": "I have three deadlines this week. Where do I start?"}]
@@ -45,8 +46,8 @@ def exported(tmp_path_factory, tiny_path):
     f16 and Q4_K_M GGUFs, base GGUF, GGUF LoRA, Modelfiles) and the second as a GGUF LoRA."""
     root = tmp_path_factory.mktemp("export")
     tiny_tokenizer = (Path(tiny_path) / "tokenizer.json").read_bytes()
-    a = ex.random_adapter(root / "taskmaster" / "adapter", "tiny", seed=1, std=0.3)
-    b = ex.random_adapter(root / "other" / "adapter", "tiny", seed=2, std=0.3)
+    a = placeholder(root / "taskmaster" / "adapter", "tiny", seed=1, std=0.3)
+    b = placeholder(root / "other" / "adapter", "tiny", seed=2, std=0.3)
     out = root / "taskmaster" / "export"
     record = ex.export(a, out, ex.ExportConfig.smoke(), progress=False)
     lora_b = ex.convert_lora(b, out / "other.lora.gguf", base_dir=tiny_path)
@@ -94,7 +95,7 @@ def test_merge_folds_the_adapter_into_the_weights(tmp_path, tiny_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    adapter = ex.random_adapter(tmp_path / "adapter", "tiny", seed=3, std=0.3)
+    adapter = placeholder(tmp_path / "adapter", "tiny", seed=3, std=0.3)
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == tiny_path
     merged = ex.merge_adapter(adapter, tmp_path / "merged")
     tokenizer = AutoTokenizer.from_pretrained(merged)

@@ -101,7 +101,7 @@ def test_two_processes_under_accelerate_launch_train_the_same_adapter_layout(tmp
     DistributedDataParallel averaging the LoRA gradients; the first process writes the folder."""
     from safetensors import safe_open
 
-    from persona_lib.train import load_adapter
+    from persona_lib.adapters import load
 
     write_jsonl(tmp_path / "tm.jsonl", load_shipped("taskmaster")[:24])
     common = ["--model_id", "tiny", "--dataset_path", "tm.jsonl", "--persona_name", "taskmaster", "--max_steps", "3",
@@ -132,5 +132,5 @@ def test_two_processes_under_accelerate_launch_train_the_same_adapter_layout(tmp
             tensors[n] = {k: weights.get_tensor(k) for k in weights.keys()}
     assert {k: v.shape for k, v in tensors["one"].items()} == {k: v.shape for k, v in tensors["two"].items()}
     assert any(v.abs().max() > 0 for k, v in tensors["two"].items() if "lora_B" in k)  # it trained
-    model, _ = load_adapter(folders["two"])
+    model, _ = load(folders["two"])
     assert sum(1 for n, _ in model.named_parameters() if "lora_" in n) == len(tensors["two"])

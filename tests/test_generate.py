@@ -150,7 +150,11 @@ def test_faulty_server_run_ends_with_exactly_n_valid_unique_records(spec, serve,
                                                                           "rejected_this_run", "failed_this_run")}})
     assert all(stats["faults"][f] > 0 for f in ("rate_limit", "server_error", "timeout")), context
     assert stats["faults"]["truncated"] + stats["faults"]["invalid_json"] > 0, context
-    assert report["requests"] == stats["requests"] and report["reasks"] > 0, context
+    # Every request the client counts reached the server, except one the client gave up on (its
+    # 0.4 s timeout) before the server read it, which a loaded machine can delay that long.
+    unseen = report["retries"].get("timeout", 0) - stats["faults"]["timeout"]
+    assert stats["requests"] <= report["requests"] <= stats["requests"] + max(unseen, 0), context
+    assert report["reasks"] > 0, context
     assert set(report["retries"]) >= {"429", "500", "timeout"}, context
     assert report["accepted_this_run"] == 40 and report["stopped"] is None
     ledger = lines(result.ledger)

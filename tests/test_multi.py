@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from persona_lib import multi
+from persona_lib.adapters import trained_on
 from persona_lib.dataset import load_shipped
 from persona_lib.metrics import split_reserved, train_persona_classifier
 
@@ -116,9 +117,9 @@ def test_unknown_adapter_and_missing_folder_errors_say_what_to_do(adapters, tmp_
 
 
 def test_usable_adapter_checks_the_base_model(adapters, tmp_path):
-    assert multi.usable_adapter(adapters["taskmaster"], "tiny")
-    assert not multi.usable_adapter(adapters["taskmaster"], "some-org/other-model")
-    assert not multi.usable_adapter(tmp_path / "missing", "tiny")
+    assert trained_on(adapters["taskmaster"], "tiny")
+    assert not trained_on(adapters["taskmaster"], "some-org/other-model")
+    assert not trained_on(tmp_path / "missing", "tiny")
 
 
 # --------------------------------------------------------------------------- blending
@@ -299,11 +300,11 @@ def test_ensure_adapter_trains_once_then_reuses(tmp_path, adapters):
     records = multi.training_records("zen_coder")[:2]
     first = multi.ensure_adapter(tmp_path / "zen", config, records, progress=False)
     assert first["trained"] and first["train_s"] > 0 and first["steps"] == 1
-    assert multi.usable_adapter(tmp_path / "zen", "tiny")
+    assert trained_on(tmp_path / "zen", "tiny")
     again = multi.ensure_adapter(tmp_path / "zen", config, records, progress=False)
     assert not again["trained"] and again["train_s"] == first["train_s"]
     assert first["matches"] and again["matches"] and again["folder"] == str(tmp_path / "zen")
-    assert not multi.usable_adapter(tmp_path / "zen", "embedded")  # trained on tiny: not for SmolLM2
+    assert not trained_on(tmp_path / "zen", "embedded")  # trained on tiny: not for SmolLM2
 
 
 def test_ensure_adapter_never_passes_off_an_adapter_trained_another_way(tmp_path, adapters, capsys):

@@ -26,7 +26,7 @@ N_PROMPTS = 4  # held-out questions for the "before" picture
 # %%
 from pathlib import Path
 
-from persona_lib import colab, models, paths
+from persona_lib import colab, models
 from persona_lib.chat import generate_replies
 from persona_lib.dataset import heldout_prompts
 from persona_lib.spec import adopt_spec, chapter_spec, load_spec, rubric_text, save_spec, system_prompt, validate_spec

@@ -30,7 +30,7 @@ JUDGE_PROMPTS = 0  # prompts the judge sees; 0: 12 with OpenAI (~$0.02), 6 with 
 # %%
 from pathlib import Path
 
-from persona_lib import colab, evaluate, metrics
+from persona_lib import adapters, colab, evaluate, metrics
 from persona_lib.spec import chapter_spec
 
 runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
@@ -45,9 +45,9 @@ print(f"run folder: {run}\nadapter: {adapter}")
 
 # %%
 if not (adapter / "adapter_config.json").is_file():
-    adapter = evaluate.placeholder_adapter("tiny", run / "eval" / "placeholder_adapter")
+    adapter = adapters.placeholder(run / "eval" / "placeholder_adapter", "tiny")
     print(f"No trained adapter found: using a placeholder (untrained, random weights, tiny model) at {adapter}.")
-base_model = MODEL or evaluate.adapter_base_model(adapter)
+base_model = MODEL or adapters.base_model(adapter)
 print(f"base model: {base_model}")
 
 # %% [markdown]

@@ -37,7 +37,7 @@ EXPORT_DIR = ""  # empty: <run folder>/export, or on Colab the local disk (a 3B 
 # %%
 from pathlib import Path
 
-from persona_lib import colab, export, io, models, multi, plots
+from persona_lib import adapters, colab, export, io, models, multi, plots
 from persona_lib.spec import chapter_spec
 
 runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
@@ -60,7 +60,7 @@ quick_dir = out / "quick_adapters" / spec.slug if SMOKE else None  # only smoke 
 adapter, trained = export.pick_adapter(run / "adapter", model_id, quick_dir=quick_dir, seed=1)
 origin = "trained in lesson 4" if trained else f"QUICK RANDOM ADAPTER: none trained on {model_id}"
 print(f"adapter: {adapter} ({origin})")
-print(f"its base model: {export.adapter_base(adapter)}")
+print(f"its base model: {adapters.base_model(adapter)}")
 
 # %% [markdown]
 # ## 1. Merge

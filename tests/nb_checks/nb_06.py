@@ -8,11 +8,11 @@ PERSONAS = ["taskmaster", "captain_codebeard", "zen_coder"]
 
 
 def check(run: Path) -> None:
-    from persona_lib import multi
+    from persona_lib import adapters, multi
 
     out = run / "multi"
     for slug in PERSONAS:
-        assert multi.usable_adapter(run.parent / slug / "adapter", "tiny"), slug
+        assert adapters.trained_on(run.parent / slug / "adapter", "tiny"), slug
     conditioned = json.loads((out / "conditioned_adapter" / "manifest.json").read_text())
     assert conditioned["base_model"] == "tiny"
     data = conditioned["data"]
