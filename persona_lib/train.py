@@ -524,6 +524,9 @@ def sft_config(config: TrainConfig, output_dir: str | os.PathLike, *, precision:
         # Unsloth applies its own checkpointing in get_peft_model; HF's would run it twice.
         gradient_checkpointing=config.gradient_checkpointing and backend == "transformers",
         gradient_checkpointing_kwargs={"use_reentrant": False},
+        # Under accelerate launch (DDP) every LoRA weight gets a gradient at every step: no search
+        # for unused parameters (DDP's extra pass over the autograd graph, which it warns about).
+        ddp_find_unused_parameters=False,
         loss_type="nll" if config.loss == "target_logits" else config.loss,
         logging_steps=config.logging_steps,
         logging_first_step=True,

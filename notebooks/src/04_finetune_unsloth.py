@@ -8,9 +8,11 @@
 # the model never trained on.
 #
 # **Time:** about 30 minutes. Training takes a few minutes on Colab's free T4 (Unsloth,
-# Llama-3.2-3B-Instruct in 4-bit, after a few minutes of download) or 6-8 minutes on a 2-core
-# CPU (the embedded SmolLM2-135M, offline: 2 epochs over 170 conversations took 354 s on the
-# project's test box).
+# Llama-3.2-3B-Instruct in 4-bit, after a few minutes of download) or about 6 minutes on a
+# 2-core CPU (the embedded SmolLM2-135M, offline: 2 epochs, 46 updates over 182 conversations,
+# took 352 s on the project's test box, an AMD EPYC with native bf16; `bench/results/
+# train_cpu_full.json`). A CPU without native bf16 trains in fp32: on this box fp32 runs a
+# third slower (`bench/results/train_cpu.json`).
 # **Hardware:** a T4 GPU or any CPU.
 #
 # **What it leaves behind** in `runs/taskmaster/adapter/`: the adapter (`adapter_config.json`,

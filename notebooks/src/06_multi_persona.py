@@ -67,9 +67,9 @@ print(f"model: {model_id}\nrun folder: {runs_root}\nthis lesson writes to: {out}
 # it, in `adapter-<hash>/`, and leaves lesson 4's as it was.
 #
 # A voice is learnt in optimizer updates, not in passes over the data. When Captain Codebeard
-# had 100 training conversations, two epochs were only 26 updates (TaskMaster's 170 make 44),
+# had 100 training conversations, two epochs were only 26 updates (TaskMaster's 182 make 46),
 # and with 26 its adapter hardly spoke pirate. So every persona trains at least
-# `config.min_steps` updates (60: 2.7 epochs for TaskMaster), and the conditioned adapter gets
+# `config.min_steps` updates (60: 2.6 epochs for TaskMaster), and the conditioned adapter gets
 # the three minimums together, so that the two designs are compared at an equal budget. A
 # voice far from the base model's needs more: `bench/bench_updates.py` measured Codebeard's
 # bleed diagonal at 0.67 after 60 updates and 0.80 after 120, though its validation loss had
