@@ -496,9 +496,9 @@ def sft_config(config: TrainConfig, output_dir: str | os.PathLike, *, precision:
     LM head only on labelled tokens (loss="target_logits", computed by the trainer subclass).
     Measured side by side on 2 AMD EPYC cores with AVX512-BF16 (bench/results/train_cpu.json),
     non-pad tokens/s and share of the matmul ceiling of the precision each runs in: this
-    configuration 362 (46% of bf16), with fp32 LoRA matmuls 301 (38%), in fp32 243 (67% of
-    fp32), a plain fp32 PyTorch loop 217 (60%), TRL's defaults 170 (22% of bf16), TRL's
-    defaults with bf16 off 114 (32% of fp32).
+    configuration 345 (45% of bf16), with fp32 LoRA matmuls 285 (37%), in fp32 219 (61% of
+    fp32), a plain fp32 PyTorch loop 213 (60%), TRL's defaults 154 (20% of bf16), TRL's
+    defaults with bf16 off 102 (29% of fp32).
     """
     from trl import SFTConfig
 
