@@ -90,7 +90,7 @@ from dataclasses import replace
 config = train.preset(model_id)  # smoke() for the tiny model, colab_t4() where Unsloth runs, else cpu()
 config = replace(config, lora_r=LORA_R, lora_alpha=LORA_R, learning_rate=LEARNING_RATE or config.learning_rate,
                  num_epochs=EPOCHS or config.num_epochs)
-why = train.field_docs()
+why = train.TrainConfig.field_docs()
 for name in ("lora_r", "lora_alpha", "target_modules", "learning_rate", "num_epochs", "batch_size",
              "gradient_accumulation_steps", "warmup_ratio", "max_seq_length", "load_in_4bit"):
     print(f"{name:<28} {str(getattr(config, name)):<14} {why[name]}")
