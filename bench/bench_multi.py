@@ -20,6 +20,7 @@ adapters on one base model:
 - the blend curve TaskMaster -> Captain Codebeard at weights 0, 0.3, 0.5, 0.7, 1.
 
     python bench/bench_multi.py                  # the full run, about 2 hours on a quiet 2-core CPU
+    python bench/bench_multi.py --train-only     # lesson 6's four trainings only -> multi_training.json
     python bench/bench_multi.py --records-per-persona 8 --max-steps 2 --prompts-per-persona 2 \\
         --max-new-tokens 24 --reloads 1 --results /tmp/multi_small.json   # a plumbing check, minutes
 
@@ -66,7 +67,9 @@ def timed(fn):
 
 
 def main(argv=None) -> int:
-    from persona_lib import multi  # light: torch and transformers load inside its functions
+    from persona_lib import (
+        multi,  # light: torch and transformers load inside its functions
+    )
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded", help="embedded (the benchmark's model) or tiny (plumbing)")
@@ -84,7 +87,10 @@ def main(argv=None) -> int:
     parser.add_argument("--reloads", type=int, default=3, help="base + adapter reloads timed (median)")
     parser.add_argument("--runs", default="", help="run folder root (default: a fresh temporary folder; "
                                                    "adapters already there are reused and not timed)")
-    parser.add_argument("--results", default=str(RESULTS / "multi.json"))
+    parser.add_argument("--results", default="", help="default: bench/results/multi.json, "
+                        "or multi_training.json with --train-only")
+    parser.add_argument("--train-only", action="store_true",
+                        help="time lesson 6's four trainings and stop (about 45 minutes on 2 CPU cores)")
     args = parser.parse_args(argv)
 
     import torch
@@ -102,7 +108,7 @@ def main(argv=None) -> int:
                                blend_prompts_per_persona=args.blend_prompts_per_persona,
                                max_new_tokens=args.max_new_tokens)
     runs = Path(args.runs or tempfile.mkdtemp(prefix="bench_multi_"))
-    results = Path(args.results)
+    results = Path(args.results or RESULTS / ("multi_training.json" if args.train_only else "multi.json"))
     report: dict = {
         "what": "separate persona adapters vs one persona-conditioned adapter on one base model",
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
@@ -131,7 +137,15 @@ def main(argv=None) -> int:
         "conditioned_train_s": training[multi.CONDITIONED]["train_s"],
         "conditioned_over_separate": round(training[multi.CONDITIONED]["train_s"] / separate_s, 3),
         "reused_not_timed": [k for k, v in training.items() if not v["trained"]],
+        "all_four_train_s": round(separate_s + training[multi.CONDITIONED]["train_s"], 2),
+        "all_four_wall_s": round(sum(t["wall_s"] for t in training.values()), 2),
     }
+    if args.train_only:
+        report["machine"]["load_average_end"] = load_average()
+        write_json(results, report)
+        print(f"lesson 6's four trainings: {report['training']['all_four_wall_s'] / 60:.1f} minutes "
+              f"(separate {separate_s:.0f} s, conditioned {training[multi.CONDITIONED]['train_s']:.0f} s) -> {results}")
+        return 0
 
     # ---- all four adapters on one base
     adapters = {name: t["folder"] for name, t in training.items()}

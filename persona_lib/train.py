@@ -54,6 +54,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 LOSSES = ("target_logits", "nll", "chunked_nll")
+CPU_ATTENTIONS = ("auto", "eager", "sdpa")
+# "auto" on a CPU: the eager implementation up to this many tokens (measured 1.13x faster than
+# SDPA at 512 on the embedded model, bench/results/train_cpu.json), SDPA beyond it, where
+# eager's batch x heads x length^2 attention matrices, kept for the backward pass, grow large.
+EAGER_UP_TO = 1024
 
 
 @dataclass
@@ -95,7 +100,8 @@ class TrainConfig(Settings):
     gradient_checkpointing: bool = False  # saves memory at ~30% more compute: on for a T4, off on CPU
     group_by_length: bool = True  # batches of similar length: padding waste drops from ~27% to ~6% at batch 4
     loss: str = "target_logits"  # LM head only at labelled positions (29% skip the 49k-vocab projection); or TRL's nll
-    cpu_autocast: bool = True  # CPU with bf16 base weights: LoRA matmuls in bf16 too (fp32 LoRA weights), ~1.3x
+    cpu_autocast: bool = True  # CPU with bf16 base weights: LoRA matmuls in bf16 too (fp32 LoRA weights), ~1.2x
+    cpu_attention: str = "auto"  # CPU attention kernel: auto = eager up to 1024 tokens (~1.1x over sdpa), sdpa above
     keep_checkpoints: bool = False  # delete checkpoints after a successful run (the adapter is the result)
 
     def __post_init__(self):
@@ -131,6 +137,7 @@ class TrainConfig(Settings):
         need(self.logging_steps >= 1, "logging_steps", "use a positive step count")
         need(self.precision in PRECISIONS, "precision", f"use one of {', '.join(PRECISIONS)}")
         need(self.loss in LOSSES, "loss", f"use one of {', '.join(LOSSES)}")
+        need(self.cpu_attention in CPU_ATTENTIONS, "cpu_attention", f"use one of {', '.join(CPU_ATTENTIONS)}")
         if problems:
             raise ValueError("TrainConfig has problems:\n  " + "\n  ".join(problems))
 
@@ -451,7 +458,16 @@ def _load_unsloth(config: TrainConfig, path: str):
     return model, _fix_tokenizer(tokenizer)
 
 
-def _load_transformers(config: TrainConfig, path: str, precision: str, cuda: bool):
+def cpu_attention(config: TrainConfig) -> str:
+    """The attention implementation a CPU run uses (see EAGER_UP_TO)."""
+    if config.cpu_attention != "auto":
+        return config.cpu_attention
+    return "eager" if config.max_seq_length <= EAGER_UP_TO else "sdpa"
+
+
+def load_for_training(config: TrainConfig, path: str, precision: str, cuda: bool):
+    """Base model in `precision` with fresh LoRA adapters (seeded), and its tokenizer: the
+    transformers + PEFT backend."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -464,6 +480,8 @@ def _load_transformers(config: TrainConfig, path: str, precision: str, cuda: boo
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
     if cuda:
         kwargs["device_map"] = {"": 0}
+    else:
+        kwargs["attn_implementation"] = cpu_attention(config)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if config.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
@@ -897,7 +915,7 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
     if backend == "unsloth":
         model, tokenizer = _load_unsloth(config, path)
     else:
-        model, tokenizer = _load_transformers(config, path, precision, cuda)
+        model, tokenizer = load_for_training(config, path, precision, cuda)
     trainable, total = parameter_counts(model)
     say(f"{config.model_id}: {backend} backend, {precision}, LoRA r={config.lora_r} trains "
         f"{trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)"

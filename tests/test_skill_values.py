@@ -175,7 +175,7 @@ def check_qlora_bitsandbytes(stated: dict, monkeypatch) -> None:
     config = train.TrainConfig.colab_t4()
     precision, _ = train.resolve_precision(config.precision, cuda=True, bf16_supported=False)  # a T4
     with pytest.raises(Stop):
-        train._load_transformers(config, "/models/base", precision, cuda=True)
+        train.load_for_training(config, "/models/base", precision, cuda=True)
     q = seen["quantization_config"]
     actual = {"load_in_4bit": q.load_in_4bit, "bnb_4bit_quant_type": q.bnb_4bit_quant_type,
               "bnb_4bit_use_double_quant": q.bnb_4bit_use_double_quant,

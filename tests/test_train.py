@@ -336,3 +336,19 @@ def test_lora_matmuls_run_in_bf16_on_bf16_base_weights_and_learn_the_same(tiny_p
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in lora)
     assert torch.allclose(fast, slow, rtol=1e-2)
     assert torch.nn.functional.cosine_similarity(fast_grads, slow_grads, dim=0) > 0.99
+
+
+def test_cpu_attention_is_eager_for_short_sequences_and_sdpa_for_long_ones(tiny_path):
+    from persona_lib.train import EAGER_UP_TO, load_for_training
+
+    short = TrainConfig.smoke(max_seq_length=EAGER_UP_TO)
+    model, _ = load_for_training(short, tiny_path, "fp32", cuda=False)
+    assert model.get_base_model().config._attn_implementation == "eager"
+    long = TrainConfig.smoke(max_seq_length=EAGER_UP_TO + 1)
+    model, _ = load_for_training(long, tiny_path, "fp32", cuda=False)
+    assert model.get_base_model().config._attn_implementation == "sdpa"
+    chosen = TrainConfig.smoke(max_seq_length=EAGER_UP_TO + 1, cpu_attention="eager")
+    model, _ = load_for_training(chosen, tiny_path, "fp32", cuda=False)
+    assert model.get_base_model().config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match="cpu_attention"):
+        TrainConfig(cpu_attention="flash")

@@ -17,8 +17,15 @@ import trl  # noqa: E402
 
 from persona_lib.dataset import load_shipped  # noqa: E402
 from persona_lib.models import resolve  # noqa: E402
-from persona_lib.train import (TrainConfig, _load_transformers, _trainer_class, build_dataset,  # noqa: E402
-                               build_trainer, sft_config, train)
+from persona_lib.train import (  # noqa: E402
+    TrainConfig,
+    _trainer_class,
+    build_dataset,
+    build_trainer,
+    load_for_training,
+    sft_config,
+    train,
+)
 
 found = {"sft_trainer": trl.SFTTrainer.__name__,
          "persona_trainer_bases": [c.__name__ for c in _trainer_class().__mro__[:3]]}
@@ -31,7 +38,7 @@ found.update(steps=result.manifest["steps"], train_loss=result.train_loss,
 
 # A T4 model in fp16 asked for bf16 training: Unsloth's trainer refuses it (a TypeError).
 config = TrainConfig.smoke(max_steps=1)
-model, tokenizer = _load_transformers(config, resolve("tiny"), "fp16", cuda=False)
+model, tokenizer = load_for_training(config, resolve("tiny"), "fp16", cuda=False)
 data = build_dataset(records[:4], tokenizer, config.max_seq_length).dataset
 try:
     build_trainer(config, model, tokenizer, sft_config(config, tempfile.mkdtemp(), precision="bf16", cuda=True,
