@@ -56,6 +56,12 @@ def goal_flags(diagonal: dict[str, float], ceiling: dict[str, float]) -> dict:
             "separate_meets_goal_against_ceiling": {s: d >= min(GOAL, ceiling[s]) for s, d in diagonal.items()}}
 
 
+def diagonal_intervals(matrix: dict) -> dict[str, list]:
+    """{persona: [low, high]} of a bleed matrix's diagonal cells (multi.cell_intervals)."""
+    return {row: matrix["intervals"][i][matrix["labels"].index(row)] for i, row in enumerate(matrix["rows"])
+            if row in matrix["labels"]}
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -171,6 +177,7 @@ def main(argv=None) -> int:
         "prompt_ids": [p["id"] for p in prompts],
         "classifier_heldout": classifier.heldout,
         "diagonal": {k: bleed[k]["diagonal"] for k in ("ceiling", "separate", "conditioned")},
+        "diagonal_intervals": {k: diagonal_intervals(bleed[k]) for k in ("ceiling", "separate", "conditioned")},
         "mean_diagonal": {k: round(bleed[k]["mean_diagonal"], 4) for k in ("ceiling", "separate", "conditioned")},
         "diagonal_over_ceiling": {k: {s: (bleed[k]["diagonal"][s] / ceiling[s] if ceiling[s] else None)
                                       for s in config.personas} for k in ("separate", "conditioned")},

@@ -684,6 +684,15 @@ def hf_greedy_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
     return prompt_ids, replies
 
 
+def agreement_intervals(agree: Sequence[float], **ci) -> dict:
+    """Bootstrap intervals over the prompts for the mean token agreement and the share of
+    identical replies ({"token_agreement_interval", "identical_replies_interval"})."""
+    from persona_lib.metrics import bootstrap_ci
+
+    return {"token_agreement_interval": bootstrap_ci(agree, **ci),
+            "identical_replies_interval": bootstrap_ci([float(a == 1.0) for a in agree], **ci)}
+
+
 def token_agreement(a: Sequence[int], b: Sequence[int]) -> float:
     """Share of greedy tokens two systems agree on before they first diverge: the common
     prefix over the longer reply (1.0 for two identical replies, including two empty ones)."""
@@ -759,6 +768,7 @@ def export_parity(hf_dir: str | os.PathLike, ggufs: Mapping[str, str | os.PathLi
             "token_agreement": sum(agree) / len(agree),
             "identical_replies": sum(a == 1.0 for a in agree) / len(agree),
             "prompt_tokens_equal": sum(same_prompt[name]) / len(same_prompt[name]),
+            **agreement_intervals(agree, **ci),
         }
     rows = [{"id": pid, "messages": list(conv),
              **{f"{name}_reply": replies[name][i] for name in replies},

@@ -42,6 +42,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -79,13 +80,18 @@ FREE_KINDS = ("llamacpp", "ollama", "vllm")  # servers you run yourself: no per-
 
 
 def price_for(endpoint: Endpoint, override: tuple[float, float] | None = None) -> tuple[float, float] | None:
-    """(input, output) USD per million tokens; (0, 0) for local servers; None when unknown."""
+    """(input, output) USD per million tokens: the override, else (0, 0) for a server kind you
+    run yourself, else the model's list price, else (0, 0) for any other server on this machine
+    (a local proxy serving a listed model keeps its price); None when unknown."""
     if override is not None:
         return override
     if endpoint.kind in FREE_KINDS:
         return (0.0, 0.0)
     base = re.sub(r"-\d{4}-\d{2}-\d{2}$", "", endpoint.model)  # gpt-4o-mini-2024-07-18 -> gpt-4o-mini
-    return PRICES.get(base)
+    listed = PRICES.get(base)
+    if listed is None and urlsplit(endpoint.base_url).hostname in ("127.0.0.1", "localhost", "::1"):
+        return (0.0, 0.0)
+    return listed
 
 
 def cost_usd(prompt_tokens: int, completion_tokens: int, price: tuple[float, float] | None) -> float:

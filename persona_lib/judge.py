@@ -426,19 +426,13 @@ class Judge:
 
     def prices(self) -> tuple[float, float] | None:
         """(input, output) USD per million tokens: the config's, else the one given, else
-        `generate.price_for` the endpoint (list prices by model; 0 on servers you run), else 0
-        for any server on this machine; None when unknown."""
-        from urllib.parse import urlsplit
-
+        `generate.price_for` the endpoint; None when unknown."""
         from persona_lib.generate import price_for
 
         c = self.config
         if c.price_in_per_mtok is not None or c.price_out_per_mtok is not None:
             return (c.price_in_per_mtok or 0.0, c.price_out_per_mtok or 0.0)
-        price = price_for(self.endpoint, self._price)
-        if price is None and urlsplit(self.endpoint.base_url).hostname in ("127.0.0.1", "localhost", "::1"):
-            return (0.0, 0.0)
-        return price
+        return price_for(self.endpoint, self._price)
 
     def usage(self) -> dict:
         """Requests, tokens and cost in USD (None when the model's price is unknown)."""

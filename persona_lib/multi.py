@@ -312,7 +312,8 @@ def confusion(assigned: Mapping[str, Sequence[str]], labels: Sequence[str]) -> d
     """A confusion matrix from {row label: [assigned column label per item]}.
 
     Returns {"rows", "labels" (columns), "counts", "rates" (each row sums to 1), "diagonal"
-    ({row: share of its items assigned to itself}), "mean_diagonal", "n" ({row: items})}.
+    ({row: share of its items assigned to itself}), "mean_diagonal", "n" ({row: items}),
+    "intervals" ([low, high] of every rate: a bootstrap over the row's items)}.
     """
     labels = list(labels)
     rows = list(assigned)
@@ -324,7 +325,23 @@ def confusion(assigned: Mapping[str, Sequence[str]], labels: Sequence[str]) -> d
     diagonal = {row: rates[i][labels.index(row)] if row in labels else 0.0 for i, row in enumerate(rows)}
     return {"rows": rows, "labels": labels, "counts": counts, "rates": rates, "diagonal": diagonal,
             "mean_diagonal": sum(diagonal.values()) / max(len(diagonal), 1),
-            "n": {row: len(assigned[row]) for row in rows}}
+            "n": {row: len(assigned[row]) for row in rows}, "intervals": cell_intervals(counts)}
+
+
+def cell_intervals(counts: Sequence[Sequence[int]]) -> list[list[list[float | None]]]:
+    """95% bootstrap intervals of every cell's rate, from a confusion matrix's counts: each row's
+    items resampled (the rate of a cell is the mean of a 0/1 indicator over the row's items)."""
+    from persona_lib.metrics import bootstrap_ci
+
+    table = []
+    for row in counts:
+        n = sum(row)
+        cells = []
+        for c in row:
+            ci = bootstrap_ci([1.0] * c + [0.0] * (n - c))
+            cells.append([ci["low"], ci["high"]])
+        table.append(cells)
+    return table
 
 
 def _columns(first: Sequence[str], labels: Sequence[str]) -> list[str]:

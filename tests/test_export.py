@@ -153,6 +153,12 @@ def test_token_agreement_counts_the_common_start():
     assert ex.token_agreement([5], []) == 0.0
 
 
+def test_parity_agreements_carry_intervals_over_the_prompts():
+    ci = ex.agreement_intervals([1.0, 1.0, 0.5, 0.0])
+    assert ci["token_agreement_interval"]["mean"] == 0.625 and ci["identical_replies_interval"]["mean"] == 0.5
+    assert ci["identical_replies_interval"]["low"] < 0.5 < ci["identical_replies_interval"]["high"]
+
+
 def test_modelfile_parses_back_and_leaves_out_a_template_it_cannot_write(tiny):
     _, tokenizer = tiny
     text = ex.modelfile("tm.Q4_K_M.gguf", tokenizer, temperature=0.2, num_ctx=4096, title="TaskMaster")

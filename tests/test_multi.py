@@ -200,6 +200,13 @@ def test_confusion_counts_rates_and_diagonal():
         multi.confusion({"a": ["z"]}, ["a", "b"])
 
 
+def test_every_bleed_cell_carries_an_interval_around_its_rate():
+    m = multi.confusion({"a": ["a"] * 24 + ["b"] * 6, "b": ["b"] * 30}, ["a", "b"])
+    (a_low, a_high), (b_low, b_high) = m["intervals"][0]
+    assert a_low < 0.8 < a_high and b_low < 0.2 < b_high and a_high - a_low > 0.15  # 30 items: wide
+    assert m["intervals"][1] == [[0.0, 0.0], [1.0, 1.0]]  # all alike: no spread to resample
+
+
 def reference_replies(slug, n=6):
     return [m["content"] for r in split_reserved(load_shipped(slug))[1][:n] for m in r["messages"]
             if m["role"] == "assistant"][:n]
