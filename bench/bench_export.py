@@ -88,6 +88,7 @@ def main(argv=None) -> int:
 
 def measure(args, adapter: Path, training: dict, prompts: list[dict], out: Path, load_start: list[float]):
     from persona_lib import export as ex
+    from persona_lib import parity
     from persona_lib.chat import generate_replies
     from persona_lib.metrics import bootstrap_ci
     from persona_lib.models import load_model
@@ -111,7 +112,7 @@ def measure(args, adapter: Path, training: dict, prompts: list[dict], out: Path,
         print(f"[{name}] {steps[name]['seconds']:.1f} s, {steps[name]['bytes'] / 1e6:.1f} MB")
 
     conversations = [p["messages"] for p in prompts]
-    parity = ex.export_parity(files["merge"], {k: files[k] for k in ("f16", "Q4_K_M", "Q8_0")}, conversations,
+    parity = parity.export_parity(files["merge"], {k: files[k] for k in ("f16", "Q4_K_M", "Q8_0")}, conversations,
                               spec.signature_vocabulary, ids=[p["id"] for p in prompts],
                               max_new_tokens=args.max_new_tokens, n_boot=args.boot)
     rows = parity.pop("rows")
@@ -119,7 +120,7 @@ def measure(args, adapter: Path, training: dict, prompts: list[dict], out: Path,
     base_model, tokenizer = load_model(args.model)
     base_replies = generate_replies(base_model, tokenizer, conversations, max_new_tokens=args.max_new_tokens,
                                     desc="base model, no adapter")
-    base_rate = bootstrap_ci(ex.signature_flags(base_replies, spec.signature_vocabulary), n_boot=args.boot)
+    base_rate = bootstrap_ci(parity.signature_flags(base_replies, spec.signature_vocabulary), n_boot=args.boot)
     for row, reply in zip(rows, base_replies):
         row["base_reply"] = reply
 

@@ -14,12 +14,12 @@ The steps, each usable on its own (notebook 07 walks through them one by one):
    of 256 values, so a tensor whose rows are not a multiple of 256 falls back to another type
    (the tiny test model's 64-wide rows never become Q4_K; SmolLM2-135M's 576-wide ones neither).
 4. `convert_lora`: the adapter as a GGUF LoRA (`convert_lora_to_gguf.py --base`), so one base
-   GGUF carries every persona; `PersonaAdapters` switches between them in llama.cpp.
-5. Verification in llama.cpp: `chat_check` (the GGUF ends a reply at the end-of-turn token),
-   `export_parity` (the same held-out prompts, greedy, through the HF model, the f16 GGUF and
+   GGUF carries every persona; `llama_runtime.PersonaAdapters` switches between them in llama.cpp.
+5. Verification in llama.cpp: `llama_runtime.chat_check` (the GGUF ends a reply at the
+   end-of-turn token), `parity.export_parity` (the same held-out prompts, greedy, through the HF model, the f16 GGUF and
    the quantized GGUF: the f16 step separates template or tokenizer faults from quantization
    loss).
-6. `modelfile`: an Ollama Modelfile whose TEMPLATE is the training chat template in Go
+6. `ollama.modelfile`: an Ollama Modelfile whose TEMPLATE is the training chat template in Go
    template syntax, checked by tests/test_export.py against the tokenizer, the GGUF's own
    template and Go's real text/template.
 
@@ -38,7 +38,6 @@ import ctypes
 import json
 import logging
 import os
-import re
 import shutil
 import struct
 import subprocess
@@ -47,11 +46,14 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Sequence
 
 from persona_lib import adapters, io
 from persona_lib.config import Settings
+from persona_lib.llama_runtime import ExportError, chat_check, default_threads, load_gguf
 from persona_lib.models import load_tokenizer
+from persona_lib.ollama import modelfile, ollama_commands
+from persona_lib.parity import export_parity
 from persona_lib.paths import cache_dir
 
 # llama_ftype names accepted by `quantize_gguf`, with bits per weight for the disk estimate
@@ -60,13 +62,6 @@ QUANT_BITS = {"F16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.7, "Q4_K_M": 4
 
 # The question of the chat check: an everyday TaskMaster request.
 CHECK_QUESTION = [{"role": "user", "content": "I have three deadlines this week. Where do I start?"}]
-
-# ChatML, the template family of SmolLM2 (and Qwen): the only one `ollama_template` writes.
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-
-
-class ExportError(RuntimeError):
-    """An export step that cannot go on; the message says which file or resource and the fix."""
 
 
 @dataclass
@@ -487,411 +482,6 @@ def tensor_types(path: str | os.PathLike) -> dict:
         size[t.tensor_type.name] += int(t.n_bytes)
     return {"file_type": file_type.removeprefix("MOSTLY_"), "tensors": dict(count.most_common()),
             "bytes": dict(size.most_common())}
-
-
-# ----------------------------------------------------------------------------- llama.cpp at run time
-
-
-def default_threads() -> int:
-    """Half the cores: llama.cpp's threads spin-wait, and one thread per core collapses as soon
-    as anything else runs on the machine (see persona_lib.llm.LocalServer)."""
-    return max(1, (os.cpu_count() or 2) // 2)
-
-
-def load_gguf(path: str | os.PathLike, *, n_ctx: int = 2048, lora_path: str | os.PathLike | None = None,
-              threads: int | None = None):
-    """A `llama_cpp.Llama` over a GGUF file (optionally with one GGUF LoRA), quiet."""
-    from llama_cpp import Llama
-
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"GGUF file not found: {path}")
-    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or default_threads(), seed=0, verbose=False,
-                 lora_path=str(lora_path) if lora_path else None)
-
-
-def chat_formatter(llm):
-    """The prompt builder llama-cpp-python uses for this GGUF: a Jinja2 rendering of the
-    file's own `tokenizer.chat_template`, with its BOS/EOS texts (as `Llama.__init__` builds
-    it). `create_chat_completion` and `python -m llama_cpp.server` format chats with it.
-
-    (llama.cpp's C function `llama_chat_apply_template` does not run Jinja: it recognises the
-    template as ChatML and applies a built-in one, which leaves out SmolLM2's default system
-    prompt when a chat has none. tests/test_export.py shows the difference.)
-    """
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    if llm.chat_format != "chat_template.default":
-        raise ExportError(f"llama.cpp chose the built-in chat format {llm.chat_format!r} for this GGUF, not the "
-                          "template in the file; the GGUF has no usable tokenizer.chat_template")
-    return Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"],
-                               eos_token=token_text(llm, llm.token_eos()), bos_token=token_text(llm, llm.token_bos()),
-                               stop_token_ids=[llm.token_eos()])
-
-
-def token_text(llm, token: int) -> str:
-    return llm.detokenize([token], special=True).decode("utf-8", errors="replace")
-
-
-def gguf_prompt(llm, messages: Sequence[dict]) -> str:
-    """The prompt text llama.cpp (llama-cpp-python) builds for `messages` from this GGUF."""
-    return chat_formatter(llm)(messages=list(messages)).prompt
-
-
-def is_end_of_generation(llm, token: int) -> bool:
-    import llama_cpp
-
-    return bool(llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(llm.model), token))
-
-
-def greedy_ids(llm, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
-    """Greedy continuation of `prompt_ids` up to the first end-of-generation token (excluded)."""
-    llm.reset()
-    out: list[int] = []
-    for token in llm.generate(list(prompt_ids), temp=0.0, repeat_penalty=1.0):
-        if is_end_of_generation(llm, token) or len(out) >= max_new_tokens:
-            break
-        out.append(token)
-    return out
-
-
-def end_of_turn_text(llm) -> str:
-    """What the GGUF's own chat template writes right after an assistant message: the text
-    that ends a turn (`<|im_end|>` in ChatML, `<|eot_id|>` in Llama 3), found by rendering a
-    probe conversation, so any template family is read the same way."""
-    probe = "ASSISTANT-7f3a9"
-    prompt = gguf_prompt(llm, [{"role": "user", "content": "u"}, {"role": "assistant", "content": probe},
-                               {"role": "user", "content": "v"}])
-    after = prompt.split(probe, 1)[1]
-    eos = token_text(llm, llm.token_eos())
-    return eos if after.startswith(eos) else after.strip().split()[0] if after.strip() else ""
-
-
-def chat_check(llm, messages: Sequence[dict], *, max_tokens: int = 64, end_of_turn: str | None = None) -> dict:
-    """Chat once in llama.cpp and check the end of a turn.
-
-    - the GGUF's EOS is the token that ends an assistant turn (`end_of_turn`, by default what
-      the GGUF's own chat template writes after an assistant message) and llama.cpp treats it
-      as end-of-generation;
-    - a free greedy reply (`finish_reason` "stop" when the model ended its turn itself);
-    - with the end-of-turn token forced as the first token (a logit bias), the reply must
-      come back empty with `finish_reason` "stop": llama.cpp stops there and does not print it.
-    """
-    eos = llm.token_eos()
-    eos_text = token_text(llm, eos)
-    end_of_turn = end_of_turn or end_of_turn_text(llm)
-    reply = llm.create_chat_completion(list(messages), temperature=0.0, max_tokens=max_tokens)["choices"][0]
-    forced = llm.create_chat_completion(list(messages), temperature=0.0, max_tokens=8,
-                                        logit_bias={eos: 100.0})["choices"][0]
-    result = {
-        "eos_token": eos_text,
-        "end_of_turn": end_of_turn,
-        "eos_is_end_of_turn": eos_text == end_of_turn,
-        "eos_is_end_of_generation": is_end_of_generation(llm, eos),
-        "reply": reply["message"]["content"],
-        "finish_reason": reply["finish_reason"],
-        "forced_end_of_turn_stops": forced["finish_reason"] == "stop" and forced["message"]["content"] == "",
-    }
-    checks = ("eos_is_end_of_turn", "eos_is_end_of_generation", "forced_end_of_turn_stops")
-    result["ok"] = all(result[k] for k in checks)
-    return result
-
-
-class PersonaAdapters:
-    """One base GGUF in memory and several GGUF LoRA adapters; `use(name)` switches persona.
-
-        personas = PersonaAdapters("base.f16.gguf", {"taskmaster": "taskmaster.lora.gguf", ...})
-        personas.use("taskmaster"); personas.chat(messages)
-        personas.use(None)  # the base model alone
-
-    This is llama.cpp's multi-LoRA: each adapter is loaded once (a few MB) and switching only
-    changes which one the context applies, so three personas cost one base in memory.
-    """
-
-    def __init__(self, base_gguf: str | os.PathLike, adapters: Mapping[str, str | os.PathLike], *,
-                 n_ctx: int = 2048):
-        import llama_cpp
-
-        self.llm = load_gguf(base_gguf, n_ctx=n_ctx)
-        self.adapters = {}
-        for name, path in adapters.items():
-            handle = llama_cpp.llama_adapter_lora_init(self.llm.model, str(path).encode())
-            if not handle:
-                raise ExportError(f"llama.cpp could not load the LoRA {path} over {base_gguf}: was it converted "
-                                  "with convert_lora from an adapter of this base model?")
-            self.adapters[name] = handle  # freed with the model (llama.cpp owns adapters per model)
-        self.active: str | None = None
-
-    def use(self, name: str | None, scale: float = 1.0) -> None:
-        import llama_cpp
-
-        if name is None:
-            code = llama_cpp.llama_set_adapters_lora(self.llm.ctx, None, 0, None)
-        else:
-            if name not in self.adapters:
-                raise KeyError(f"no adapter named {name!r}; loaded: {', '.join(self.adapters)}")
-            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self.adapters[name])
-            code = llama_cpp.llama_set_adapters_lora(self.llm.ctx, handles, 1, (ctypes.c_float * 1)(scale))
-        if code != 0:
-            raise ExportError(f"llama_set_adapters_lora failed for {name!r} (code {code})")
-        self.llm.reset()  # the cached prompt was computed under the previous adapter
-        self.active = name
-
-    def chat(self, messages: Sequence[dict], **kw) -> dict:
-        return self.llm.create_chat_completion(list(messages), **kw)
-
-    def reply(self, messages: Sequence[dict], max_tokens: int = 64) -> str:
-        """A greedy reply under the active adapter."""
-        return self.chat(messages, temperature=0.0, max_tokens=max_tokens)["choices"][0]["message"]["content"]
-
-    def close(self) -> None:
-        self.llm.close()
-
-
-# ----------------------------------------------------------------------------- export parity
-
-
-def hf_greedy_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, batch_size: int = 32,
-                  progress: bool = True) -> tuple[list[list[int]], list[list[int]]]:
-    """(prompt ids, greedy reply ids up to the EOS, excluded) for each prompt text, batched
-    with left padding like `persona_lib.chat.generate_replies`."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from persona_lib.chat import cache_kwargs
-
-    # llama.cpp ends a reply at any end-of-generation token (<|endoftext|> as well as <|im_end|>):
-    # cut HF's replies at the same ones, so that a difference is the model's, not the runtime's.
-    stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    prompt_ids, replies = [], []
-    try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc="HF greedy", disable=not progress):
-            batch = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(model.device)  # as in chat.generate_replies
-            with torch.inference_mode():
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                     **cache_kwargs(model, batch["input_ids"].shape[1], max_new_tokens))
-            new_tokens = out[:, batch["input_ids"].shape[1]:]
-            for row, mask, new in zip(batch["input_ids"], batch["attention_mask"], new_tokens):
-                prompt_ids.append(row[mask.bool()].tolist())
-                ids = new.tolist()
-                ends = [i for i, t in enumerate(ids) if t in stop]
-                replies.append(ids[:ends[0]] if ends else ids)
-    finally:
-        tokenizer.padding_side = side
-    return prompt_ids, replies
-
-
-def agreement_intervals(agree: Sequence[float], **ci) -> dict:
-    """Bootstrap intervals over the prompts for the mean token agreement and the share of
-    identical replies ({"token_agreement_interval", "identical_replies_interval"})."""
-    from persona_lib.metrics import bootstrap_ci
-
-    return {"token_agreement_interval": bootstrap_ci(agree, **ci),
-            "identical_replies_interval": bootstrap_ci([float(a == 1.0) for a in agree], **ci)}
-
-
-def token_agreement(a: Sequence[int], b: Sequence[int]) -> float:
-    """Share of greedy tokens two systems agree on before they first diverge: the common
-    prefix over the longer reply (1.0 for two identical replies, including two empty ones)."""
-    longest = max(len(a), len(b))
-    if longest == 0:
-        return 1.0
-    same = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        same += 1
-    return same / longest
-
-
-def signature_flags(replies: Sequence[str], phrases: Sequence[str]) -> list[float]:
-    """Per reply, 1.0 when it uses any signature phrase of the persona: the deterministic
-    persona measure of export parity (persona_lib.metrics holds the full set)."""
-    from persona_lib.metrics import any_phrase
-
-    return any_phrase(replies, phrases)
-
-
-def export_parity(hf_dir: str | os.PathLike, ggufs: Mapping[str, str | os.PathLike],
-                  conversations: Sequence[Sequence[dict]], phrases: Sequence[str], *,
-                  ids: Sequence[str] | None = None, max_new_tokens: int = 64,
-                  n_ctx: int = 2048, n_boot: int = 2000, seed: int = 0, progress: bool = True) -> dict:
-    """The same conversations, greedy, through the HF model and each GGUF.
-
-    Each GGUF builds its prompt from its own embedded chat template and tokenizer, so a
-    template or tokenizer fault shows up already in the f16 file, and what the quantized file
-    adds on top of f16 is quantization loss. Per system: the signature-phrase rate, its paired
-    bootstrap difference from HF over prompts (goal: the interval contains 0), the greedy
-    token agreement with HF, the share of identical replies, and the share of prompts whose
-    token ids equal HF's.
-    """
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM
-
-    from persona_lib.metrics import bootstrap_ci, paired_bootstrap
-
-    ids = list(ids) if ids is not None else [f"prompt-{i}" for i in range(len(conversations))]
-    tokenizer = load_tokenizer(hf_dir)
-    # On a GPU in 16-bit (the merged 3B model in fp32 on the CPU is ~12.9 GB, more than Colab
-    # free's RAM); on a CPU in fp32, where 16-bit matmuls are slow or emulated.
-    cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float16 if cuda else torch.float32,
-                                                 device_map="cuda" if cuda else None)
-    texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True) for c in conversations]
-    hf_prompts, hf_ids = hf_greedy_ids(model, tokenizer, texts, max_new_tokens, progress=progress)
-    del model
-    replies = {"hf": [tokenizer.decode(r, skip_special_tokens=True).strip() for r in hf_ids]}
-    tokens = {"hf": hf_ids}
-    same_prompt: dict[str, list[bool]] = {}
-    for name, path in ggufs.items():
-        llm = load_gguf(path, n_ctx=n_ctx)
-        tokens[name], replies[name], same_prompt[name] = [], [], []
-        for conv, ref in tqdm(list(zip(conversations, hf_prompts)), desc=f"{name} greedy", disable=not progress):
-            prompt = llm.tokenize(gguf_prompt(llm, conv).encode(), add_bos=False, special=True)
-            same_prompt[name].append(prompt == ref)
-            out = greedy_ids(llm, prompt, max_new_tokens)
-            tokens[name].append(out)
-            replies[name].append(llm.detokenize(out).decode("utf-8", errors="replace").strip())
-        llm.close()
-    flags = {name: signature_flags(r, phrases) for name, r in replies.items()}
-    ci = dict(n_boot=n_boot, seed=seed)
-    systems = {"hf": {"signature_rate": bootstrap_ci(flags["hf"], **ci)}}
-    for name in ggufs:
-        agree = [token_agreement(a, b) for a, b in zip(tokens["hf"], tokens[name])]
-        systems[name] = {
-            "signature_rate": bootstrap_ci(flags[name], **ci),
-            "signature_diff_vs_hf": paired_bootstrap(flags["hf"], flags[name], **ci),
-            "token_agreement": sum(agree) / len(agree),
-            "identical_replies": sum(a == 1.0 for a in agree) / len(agree),
-            "prompt_tokens_equal": sum(same_prompt[name]) / len(same_prompt[name]),
-            **agreement_intervals(agree, **ci),
-        }
-    rows = [{"id": pid, "messages": list(conv),
-             **{f"{name}_reply": replies[name][i] for name in replies},
-             **{f"{name}_signature": flags[name][i] for name in flags},
-             **{f"{name}_agreement": token_agreement(tokens["hf"][i], tokens[name][i]) for name in ggufs}}
-            for i, (pid, conv) in enumerate(zip(ids, conversations))]
-    return {"n": len(conversations), "max_new_tokens": max_new_tokens, "systems": systems, "rows": rows}
-
-
-# ----------------------------------------------------------------------------- Ollama
-
-
-def ollama_template(tokenizer) -> tuple[str, str | None] | None:
-    """The tokenizer's chat template as an Ollama TEMPLATE (Go text/template over `.Messages`),
-    with the default system prompt the template inserts when a chat has none (or None).
-
-    Written for ChatML templates, recognised by rendering probe chats; any other template
-    gives None: leave TEMPLATE out and Ollama picks a template matching the GGUF's own.
-    """
-    s, u, a, v = "SYS-7f3a9", "USER-7f3a9", "ASSISTANT-7f3a9", "USER2-7f3a9"
-
-    def render(messages):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def turn(role, content):
-        return f"{IM_START}{role}\n{content}{IM_END}\n"
-
-    tail = turn("user", u) + turn("assistant", a) + turn("user", v) + f"{IM_START}assistant\n"
-    chat = [{"role": "user", "content": u}, {"role": "assistant", "content": a}, {"role": "user", "content": v}]
-    if render([{"role": "system", "content": s}, *chat]) != turn("system", s) + tail:
-        return None
-    plain = render(chat)
-    if not plain.endswith(tail):
-        return None
-    prefix = plain[: -len(tail)]
-    match = re.fullmatch(re.escape(IM_START) + r"system\n(.*)" + re.escape(IM_END) + r"\n", prefix, re.DOTALL)
-    if prefix and not match:
-        return None
-    default = match.group(1) if match else None
-    if default is not None and ("{{" in default or '"""' in default):
-        raise ExportError("the chat template's default system prompt contains '{{' or '\"\"\"', which an Ollama "
-                          "TEMPLATE cannot hold literally; write the Modelfile by hand")
-    insert_default = (
-        '{{- if and .Messages (ne (index .Messages 0).Role "system") }}'
-        f"{IM_START}system\n{default}{IM_END}\n{{{{ end }}}}\n"
-        if default is not None else ""
-    )
-    body = (f"{{{{- range .Messages }}}}{IM_START}{{{{ .Role }}}}\n{{{{ .Content }}}}{IM_END}\n{{{{ end }}}}"
-            f"{IM_START}assistant\n")
-    return insert_default + body, default
-
-
-def modelfile(gguf: str, tokenizer, *, adapter: str | None = None, system: str | None = None,
-              temperature: float = 0.3, num_ctx: int = 2048, title: str = "") -> str:
-    """An Ollama Modelfile for a GGUF (paths relative to the Modelfile's folder).
-
-    TEMPLATE is the training chat template (see `ollama_template`); SYSTEM defaults to the
-    template's own default system prompt, the one every training example was rendered with,
-    so Ollama sends the model exactly the prompts it was trained on. Pass `system` for a
-    model trained with a system prompt (the conditioned multi-persona adapter).
-    """
-    converted = ollama_template(tokenizer)
-    lines = [f"# {title}" if title else "# Exported by persona-lab"]
-    lines += [f"FROM ./{gguf}"]
-    if adapter:
-        lines += [f"ADAPTER ./{adapter}"]
-    if converted is None:
-        lines += ["# TEMPLATE left out: this chat template is not ChatML, and Ollama picks the template",
-                  "# matching the one embedded in the GGUF file (`ollama show --modelfile` prints it)."]
-        stops = [tokenizer.eos_token]
-        default = None
-    else:
-        template, default = converted
-        lines += [f'TEMPLATE """{template}"""']
-        stops = [IM_END, IM_START]
-    system = system if system is not None else default
-    if system:
-        if '"""' in system:
-            raise ExportError('a SYSTEM prompt cannot contain """ in a Modelfile')
-        lines += ["# The persona lives in the weights; SYSTEM is the system prompt the model saw in training.",
-                  f'SYSTEM """{system}"""']
-    lines += [f'PARAMETER stop "{s}"' for s in stops]
-    lines += [f"PARAMETER temperature {temperature:g}", f"PARAMETER num_ctx {num_ctx}"]
-    return "\n".join(lines) + "\n"
-
-
-def parse_modelfile(text: str) -> dict:
-    """The instructions of a Modelfile: {"from", "adapter", "template", "system", "parameters":
-    {name: [values]}}. Values in triple quotes keep every character between the quotes."""
-    out: dict = {"parameters": {}}
-    pos = 0
-    instruction = re.compile(r"[ \t]*(\w+)[ \t]+")
-    while pos < len(text):
-        end = text.find("\n", pos)
-        end = len(text) if end < 0 else end
-        line = text[pos:end]
-        if not line.strip() or line.lstrip().startswith("#"):
-            pos = end + 1
-            continue
-        m = instruction.match(text, pos)
-        if not m:
-            raise ValueError(f"Modelfile line {text.count(chr(10), 0, pos) + 1}: expected an instruction, got {line!r}")
-        name, start = m.group(1).upper(), m.end()
-        if name == "PARAMETER":
-            key, _, value = text[start:end].strip().partition(" ")
-            value = value.strip()
-            out["parameters"].setdefault(key, []).append(value[1:-1] if value.startswith('"') else value)
-            pos = end + 1
-            continue
-        if text.startswith('"""', start):
-            close = text.find('"""', start + 3)
-            if close < 0:
-                raise ValueError(f"Modelfile: {name} opens a triple-quoted value that never closes")
-            value, pos = text[start + 3:close], text.find("\n", close) + 1 or len(text)
-        else:
-            value, pos = text[start:end].strip().strip('"'), end + 1
-        out[name.lower()] = value
-    return out
-
-
-def ollama_commands(name: str, modelfile_path: str = "Modelfile") -> list[str]:
-    """What to run on the laptop, in the folder holding the Modelfile and the GGUF."""
-    return [f"ollama create {name} -f {modelfile_path}", f"ollama run {name}"]
 
 
 # ----------------------------------------------------------------------------- the whole export

@@ -380,13 +380,13 @@ def run(config: RunConfig) -> list[StageResult]:
                      versions={**models, **versions("llama-cpp-python", "gguf")})
 
     def chat_stage(folder: Path) -> dict:
-        from persona_lib import export
+        from persona_lib import llama_runtime
 
         gguf = exported.folder / f"{spec.slug}.{settings['export'].quants[0]}.gguf"
-        llm = export.load_gguf(gguf, n_ctx=1024)
+        llm = llama_runtime.load_gguf(gguf, n_ctx=1024)
         rows = []
         for prompt in heldout_prompts(spec, 2):
-            check = export.chat_check(llm, prompt["messages"], max_tokens=config.max_new_tokens)
+            check = llama_runtime.chat_check(llm, prompt["messages"], max_tokens=config.max_new_tokens)
             rows.append({"id": prompt["id"], "prompt": prompt["messages"][-1]["content"], **check})
             print(f"\nUSER: {rows[-1]['prompt']}\n{spec.name} (GGUF {gguf.name}): {check.get('reply', '')}")
         io.write_jsonl(folder / "chat.jsonl", rows)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from persona_lib import export as ex
-from persona_lib import io
+from persona_lib import io, llama_runtime, ollama, parity
 from persona_lib.adapters import placeholder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,28 +147,28 @@ def test_atomic_output_leaves_nothing_when_interrupted(tmp_path):
 
 
 def test_token_agreement_counts_the_common_start():
-    assert ex.token_agreement([1, 2, 3, 4], [1, 2, 9, 4]) == 0.5
-    assert ex.token_agreement([1, 2], [1, 2, 3, 4]) == 0.5
-    assert ex.token_agreement([], []) == 1.0
-    assert ex.token_agreement([5], []) == 0.0
+    assert parity.token_agreement([1, 2, 3, 4], [1, 2, 9, 4]) == 0.5
+    assert parity.token_agreement([1, 2], [1, 2, 3, 4]) == 0.5
+    assert parity.token_agreement([], []) == 1.0
+    assert parity.token_agreement([5], []) == 0.0
 
 
 def test_parity_agreements_carry_intervals_over_the_prompts():
-    ci = ex.agreement_intervals([1.0, 1.0, 0.5, 0.0])
+    ci = parity.agreement_intervals([1.0, 1.0, 0.5, 0.0])
     assert ci["token_agreement_interval"]["mean"] == 0.625 and ci["identical_replies_interval"]["mean"] == 0.5
     assert ci["identical_replies_interval"]["low"] < 0.5 < ci["identical_replies_interval"]["high"]
 
 
 def test_modelfile_parses_back_and_leaves_out_a_template_it_cannot_write(tiny):
     _, tokenizer = tiny
-    text = ex.modelfile("tm.Q4_K_M.gguf", tokenizer, temperature=0.2, num_ctx=4096, title="TaskMaster")
-    parsed = ex.parse_modelfile(text)
-    template, default = ex.ollama_template(tokenizer)
+    text = ollama.modelfile("tm.Q4_K_M.gguf", tokenizer, temperature=0.2, num_ctx=4096, title="TaskMaster")
+    parsed = ollama.parse_modelfile(text)
+    template, default = ollama.ollama_template(tokenizer)
     assert parsed["from"] == "./tm.Q4_K_M.gguf"
     assert parsed["template"] == template and template.endswith("<|im_start|>assistant\n")
     assert parsed["system"] == default == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     assert parsed["parameters"] == {"stop": ["<|im_end|>", "<|im_start|>"], "temperature": ["0.2"], "num_ctx": ["4096"]}
-    assert ex.parse_modelfile(ex.modelfile("b.gguf", tokenizer, adapter="tm.lora.gguf", system="Be TaskMaster."))[
+    assert ollama.parse_modelfile(ollama.modelfile("b.gguf", tokenizer, adapter="tm.lora.gguf", system="Be TaskMaster."))[
         "adapter"] == "./tm.lora.gguf"
 
     llama3 = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}"
@@ -177,8 +177,8 @@ def test_modelfile_parses_back_and_leaves_out_a_template_it_cannot_write(tiny):
     saved = tokenizer.chat_template
     tokenizer.chat_template = llama3
     try:
-        assert ex.ollama_template(tokenizer) is None
-        other = ex.parse_modelfile(ex.modelfile("x.gguf", tokenizer))
+        assert ollama.ollama_template(tokenizer) is None
+        other = ollama.parse_modelfile(ollama.modelfile("x.gguf", tokenizer))
     finally:
         tokenizer.chat_template = saved
     assert "template" not in other and other["parameters"]["stop"] == [tokenizer.eos_token]
@@ -240,11 +240,11 @@ def test_chat_template_is_the_same_in_tokenizer_gguf_and_modelfile(exported, go_
     tokenizer = AutoTokenizer.from_pretrained(exported["adapter"])  # the tokenizer training used
     expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    llm = ex.load_gguf(exported["out"] / "taskmaster.Q4_K_M.gguf", n_ctx=512)
-    assert ex.gguf_prompt(llm, messages) == expected
+    llm = llama_runtime.load_gguf(exported["out"] / "taskmaster.Q4_K_M.gguf", n_ctx=512)
+    assert llama_runtime.gguf_prompt(llm, messages) == expected
     llm.close()
 
-    parsed = ex.parse_modelfile((exported["out"] / "Modelfile").read_text())
+    parsed = ollama.parse_modelfile((exported["out"] / "Modelfile").read_text())
     assert go_render(parsed["template"], parsed["system"], messages) == expected  # Ollama adds SYSTEM
     assert go_render(parsed["template"], "", messages) == expected  # no SYSTEM: the template adds it
 
@@ -255,7 +255,7 @@ def test_the_comparison_catches_a_wrong_template(exported, go_render):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(exported["adapter"])
-    template = ex.parse_modelfile((exported["out"] / "Modelfile").read_text())["template"]
+    template = ollama.parse_modelfile((exported["out"] / "Modelfile").read_text())["template"]
     without_default = template[template.index("{{- range"):]
     expected = tokenizer.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
     assert go_render(without_default, "", QUESTION) != expected
@@ -271,7 +271,7 @@ def test_llama_cpp_builtin_chatml_leaves_out_the_default_system_prompt(exported)
 
     import llama_cpp
 
-    llm = ex.load_gguf(exported["out"] / "taskmaster.f16.gguf", n_ctx=512)
+    llm = llama_runtime.load_gguf(exported["out"] / "taskmaster.f16.gguf", n_ctx=512)
     template = llm.metadata["tokenizer.chat_template"].encode()
 
     def builtin(messages):
@@ -282,9 +282,9 @@ def test_llama_cpp_builtin_chatml_leaves_out_the_default_system_prompt(exported)
         return buf.raw[:n].decode()
 
     with_system = CONVERSATIONS["system"]
-    assert builtin(with_system) == ex.gguf_prompt(llm, with_system)
-    assert builtin(QUESTION) != ex.gguf_prompt(llm, QUESTION)
-    assert "SmolLM" in ex.gguf_prompt(llm, QUESTION) and "SmolLM" not in builtin(QUESTION)
+    assert builtin(with_system) == llama_runtime.gguf_prompt(llm, with_system)
+    assert builtin(QUESTION) != llama_runtime.gguf_prompt(llm, QUESTION)
+    assert "SmolLM" in llama_runtime.gguf_prompt(llm, QUESTION) and "SmolLM" not in builtin(QUESTION)
     llm.close()
 
 
@@ -302,7 +302,7 @@ def test_gguf_ends_a_turn_at_the_end_of_turn_token(exported):
 @pytest.mark.slow
 def test_persona_adapters_switch_over_one_base(exported, tiny_path):
     out = exported["out"]
-    personas = ex.PersonaAdapters(out / "base.f16.gguf", {"a": out / "taskmaster.lora.gguf", "b": exported["lora_b"]},
+    personas = llama_runtime.PersonaAdapters(out / "base.f16.gguf", {"a": out / "taskmaster.lora.gguf", "b": exported["lora_b"]},
                                   n_ctx=512)
     replies = {}
     for name in ["a", "b", None, "a"]:
@@ -315,7 +315,7 @@ def test_persona_adapters_switch_over_one_base(exported, tiny_path):
 
     # The base GGUF came from the shared tiny model folder, which the export left untouched.
     assert (Path(tiny_path) / "tokenizer.json").read_bytes() == exported["tiny_tokenizer"]
-    plain = ex.load_gguf(out / "base.f16.gguf", n_ctx=512)
+    plain = llama_runtime.load_gguf(out / "base.f16.gguf", n_ctx=512)
     alone = plain.create_chat_completion(QUESTION, temperature=0.0, max_tokens=12)["choices"][0]["message"]["content"]
     assert alone == base
     plain.close()
@@ -336,7 +336,7 @@ def test_export_record_parity_and_resume(exported, capsys):
     rows = [json.loads(line) for line in (out / "parity.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and {"hf_reply", "f16_reply", "Q4_K_M_reply", "Q4_K_M_agreement"} <= set(rows[0])
     assert record["ollama"] == ["ollama create taskmaster -f Modelfile", "ollama run taskmaster"]
-    assert ex.parse_modelfile((out / "Modelfile.adapter").read_text())["adapter"] == "./taskmaster.lora.gguf"
+    assert ollama.parse_modelfile((out / "Modelfile.adapter").read_text())["adapter"] == "./taskmaster.lora.gguf"
 
     again = ex.export(exported["adapter"], out, ex.ExportConfig.smoke(), progress=False)
     assert all(s["skipped"] for s in again["steps"].values())
@@ -369,14 +369,14 @@ def test_end_of_turn_is_read_from_the_templates_own_rendering():
     from fixtures.chat_tokenizers import HERE
 
     llama3 = _TemplateOnly((HERE / "llama3_2_chat_template.jinja").read_text(), "<|begin_of_text|>", "<|eot_id|>")
-    assert ex.end_of_turn_text(llama3) == "<|eot_id|>"
+    assert llama_runtime.end_of_turn_text(llama3) == "<|eot_id|>"
     from persona_lib.models import load_tokenizer
 
     tok = load_tokenizer("tiny")
     chatml = _TemplateOnly(tok.chat_template, tok.bos_token or "", "<|im_end|>")
-    assert ex.end_of_turn_text(chatml) == "<|im_end|>"
+    assert llama_runtime.end_of_turn_text(chatml) == "<|im_end|>"
     wrong = _TemplateOnly(tok.chat_template, tok.bos_token or "", "<|endoftext|>")  # an EOS that ends no turn
-    assert ex.end_of_turn_text(wrong) != "<|endoftext|>"
+    assert llama_runtime.end_of_turn_text(wrong) != "<|endoftext|>"
 
 
 def test_once_remakes_what_was_made_from_other_inputs_and_everything_after_it(tmp_path, capsys):

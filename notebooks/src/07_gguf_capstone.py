@@ -37,7 +37,18 @@ EXPORT_DIR = ""  # empty: <run folder>/export, or on Colab the local disk (a 3B 
 # %%
 from pathlib import Path
 
-from persona_lib import adapters, colab, export, io, models, multi, plots
+from persona_lib import (
+    adapters,
+    colab,
+    export,
+    io,
+    llama_runtime,
+    models,
+    multi,
+    ollama,
+    parity,
+    plots,
+)
 from persona_lib.spec import chapter_spec
 
 runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
@@ -129,8 +140,8 @@ plots.gguf_tensor_types(types, path=out / "tensor_types.png")
 
 # %%
 ship = quantized[config.quants[0]]
-llm = export.load_gguf(ship, n_ctx=config.n_ctx)
-check = export.chat_check(llm, export.CHECK_QUESTION, max_tokens=config.max_new_tokens)
+llm = llama_runtime.load_gguf(ship, n_ctx=config.n_ctx)
+check = llama_runtime.chat_check(llm, export.CHECK_QUESTION, max_tokens=config.max_new_tokens)
 llm.close()
 print(f"USER: {export.CHECK_QUESTION[0]['content']}\n{spec.name} ({ship.name}): {check['reply']}\n")
 print({k: v for k, v in check.items() if k != "reply"})
@@ -154,7 +165,7 @@ loras = export.persona_loras(runs_root, model_id, out, personas=list(dict.fromke
                              quick=SMOKE)
 
 # %%
-personas = export.PersonaAdapters(base_f16, loras, n_ctx=config.n_ctx)
+personas = llama_runtime.PersonaAdapters(base_f16, loras, n_ctx=config.n_ctx)
 question = [{"role": "user", "content": "I keep putting off writing tests for my side project. Any advice?"}]
 switched = {}
 for name in [*loras, None]:
@@ -178,7 +189,7 @@ personas.close()
 from persona_lib.dataset import heldout_prompts
 
 prompts = heldout_prompts(spec, config.parity_prompts)
-parity = export.export_parity(merged, {"f16": f16, config.quants[0]: ship}, [p["messages"] for p in prompts],
+parity = parity.export_parity(merged, {"f16": f16, config.quants[0]: ship}, [p["messages"] for p in prompts],
                               spec.signature_vocabulary, ids=[p["id"] for p in prompts],
                               max_new_tokens=config.max_new_tokens, n_ctx=config.n_ctx)
 io.write_jsonl(out / "parity.jsonl", parity.pop("rows"))
@@ -228,9 +239,9 @@ print(f"{served['base_url']} ({served['model']}): {served['reply']!r} [{served['
 
 # %%
 tokenizer = models.load_tokenizer(str(merged))
-files = {"Modelfile": export.modelfile(ship.name, tokenizer, temperature=config.temperature, num_ctx=config.num_ctx,
+files = {"Modelfile": ollama.modelfile(ship.name, tokenizer, temperature=config.temperature, num_ctx=config.num_ctx,
                                        title=f"{spec.name}, merged and quantized ({config.quants[0]})"),
-         "Modelfile.adapter": export.modelfile(base_f16.name, tokenizer, adapter=loras[spec.slug].name,
+         "Modelfile.adapter": ollama.modelfile(base_f16.name, tokenizer, adapter=loras[spec.slug].name,
                                                temperature=config.temperature, num_ctx=config.num_ctx,
                                                title=f"{spec.name} as a LoRA adapter over the base model")}
 for name, text in files.items():
@@ -242,13 +253,13 @@ print(files["Modelfile"])
 # it names into one folder and run, in that folder:
 
 # %%
-commands = export.ollama_commands(spec.slug)
+commands = ollama.ollama_commands(spec.slug)
 print("\n".join(commands))
 
 # %% [markdown]
 # `Modelfile.adapter` is the multi-persona form: the base GGUF plus TaskMaster's GGUF LoRA
 # (`ollama create taskmaster-lora -f Modelfile.adapter`). Write one per persona with
-# `export.modelfile(base_f16.name, tokenizer, adapter=...)` and three personas share one base.
+# `ollama.modelfile(base_f16.name, tokenizer, adapter=...)` and three personas share one base.
 #
 # ## Getting the file out of Colab
 #
@@ -307,7 +318,7 @@ print(skillfirst.fill(runs_root, "L07", skillfirst.draft(run, "L07")))
 # 2. Raise `PARITY_PROMPTS` to 40. Does the interval of the Q4_K_M difference still contain 0?
 #    Where do the first differing tokens appear (open `parity.jsonl`)?
 # 3. Pass TaskMaster's persona prompt (`persona_lib.spec.system_prompt(spec)`) as `system=` to
-#    `export.modelfile`.
+#    `ollama.modelfile`.
 #    The tests would now fail: why is that the right outcome for an adapter trained without it?
 # 4. On your laptop, run both `ollama create` variants (merged and adapter). Which loads faster,
 #    and which is smaller on disk once you have all three personas?

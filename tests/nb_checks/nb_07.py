@@ -9,7 +9,7 @@ PERSONAS = ["taskmaster", "captain_codebeard", "zen_coder"]
 
 
 def check(run: Path) -> None:
-    from persona_lib import colab, export
+    from persona_lib import colab, export, ollama
 
     kept = run / "export"
     # On Colab the large files are made on the runtime's local disk (export.work_dir), and what
@@ -55,11 +55,11 @@ def check(run: Path) -> None:
     rows = [json.loads(line) for line in (out / "parity.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(isinstance(r["Q4_K_M_reply"], str) for r in rows)
 
-    modelfile = export.parse_modelfile((out / "Modelfile").read_text())
+    modelfile = ollama.parse_modelfile((out / "Modelfile").read_text())
     assert (out / modelfile["from"]).is_file() and modelfile["from"].endswith("taskmaster.Q4_K_M.gguf")
     assert modelfile["template"].endswith("<|im_start|>assistant\n")
     assert modelfile["parameters"]["stop"] == ["<|im_end|>", "<|im_start|>"]
-    adapter = export.parse_modelfile((out / "Modelfile.adapter").read_text())
+    adapter = ollama.parse_modelfile((out / "Modelfile.adapter").read_text())
     assert (out / adapter["from"]).is_file() and (out / adapter["adapter"]).is_file()
     assert summary["ollama"] == ["ollama create taskmaster -f Modelfile", "ollama run taskmaster"]
 
