@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from persona_lib import dataset as ds
+from persona_lib import dedup
 from persona_lib.io import write_json
 
 RESULTS = Path(__file__).parent / "results" / "dataset.json"
@@ -129,19 +130,19 @@ def main(argv=None) -> dict:
                                         tokenizer=tokenizer, max_tokens=args.max_tokens)
     stats, steps["statistics"] = timed(ds.dataset_stats, records, tokenizer=tokenizer,
                                        signature_vocabulary={"taskmaster": ["ba", "ko"]})
-    (kept, report), steps["dedup"] = timed(ds.dedup, records)
+    (kept, report), steps["dedup"] = timed(dedup.dedup, records)
 
     # Near-duplicate search alone, then the exhaustive baseline on the same shingles.
-    texts = [ds.record_text(r) for r in records]
-    found, search_s = timed(ds.find_near_duplicates, texts)
-    sets, shingle_s = timed(ds.shingle_sets, texts)
+    texts = [dedup.record_text(r) for r in records]
+    found, search_s = timed(dedup.find_near_duplicates, texts)
+    sets, shingle_s = timed(dedup.shingle_sets, texts)
     rng = random.Random(args.seed)
     subset = sorted(rng.sample(range(len(texts)), min(args.subset, len(texts))))
-    exact_sub, sub_s = timed(exhaustive_pairs, [sets[i] for i in subset], ds.DEDUP_THRESHOLD)
+    exact_sub, sub_s = timed(exhaustive_pairs, [sets[i] for i in subset], dedup.DEDUP_THRESHOLD)
     scale = len(texts) * (len(texts) - 1) / (len(subset) * (len(subset) - 1))
     estimate = sub_s * scale
     if estimate <= args.max_exhaustive_seconds and len(subset) < len(texts):
-        exact_full, full_s = timed(exhaustive_pairs, sets, ds.DEDUP_THRESHOLD)
+        exact_full, full_s = timed(exhaustive_pairs, sets, dedup.DEDUP_THRESHOLD)
         extrapolated = False
     else:
         exact_full, full_s = (exact_sub if len(subset) == len(texts) else None), estimate
@@ -154,7 +155,7 @@ def main(argv=None) -> dict:
     recall_sub = true_pos / len(exact_sub) if exact_sub else None
     precision_sub = true_pos / len(minhash_sub) if minhash_sub else None
     minhash_all = {(i, j) for i, j, _ in found.pairs}
-    planted_above = [(i, j) for i, j in planted if ds.jaccard(sets[min(i, j)], sets[max(i, j)]) >= ds.DEDUP_THRESHOLD]
+    planted_above = [(i, j) for i, j in planted if dedup.jaccard(sets[min(i, j)], sets[max(i, j)]) >= dedup.DEDUP_THRESHOLD]
     planted_found = sum((min(i, j), max(i, j)) in minhash_all for i, j in planted_above)
 
     result = {
@@ -168,8 +169,8 @@ def main(argv=None) -> dict:
             "seed": args.seed, "multi_turn_share": stats["multi_turn_share"],
             "example_tokens_p50": stats["example_length"]["p50"],
         },
-        "settings": {"compared_text": "user turns joined", "shingle_words": ds.SHINGLE_WORDS,
-                     "threshold": ds.DEDUP_THRESHOLD, "num_perm": ds.NUM_PERM, "bands": ds.BANDS,
+        "settings": {"compared_text": "user turns joined", "shingle_words": dedup.SHINGLE_WORDS,
+                     "threshold": dedup.DEDUP_THRESHOLD, "num_perm": dedup.NUM_PERM, "bands": dedup.BANDS,
                      "max_tokens": args.max_tokens, "tokenizer": "tiny (SmolLM2 ChatML)"},
         "seconds": {
             "load_tokenizer": round(load_s, 2),

@@ -41,12 +41,10 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 from urllib.parse import urlsplit
 
-import numpy as np
-
-from persona_lib import dataset, io
+from persona_lib import dataset, dedup, io
 from persona_lib.config import Settings
 from persona_lib.llm import (
     OPENAI_BASE_URL,
@@ -336,63 +334,6 @@ def reask_message(error: ReplyError) -> str:
     return f"That was not valid JSON ({error}). Answer again with the JSON object only, nothing around it."
 
 
-# --------------------------------------------------------------------------- near duplicates
-
-
-class NearDupIndex:
-    """Incremental near-duplicate search with the dataset module's MinHash: the same shingles,
-    signatures, LSH bands and exact-Jaccard check as `dataset.dedup`, but each new record costs
-    one signature instead of re-hashing the whole set (a generation run asks once per record)."""
-
-    def __init__(self, records: Iterable[dict] = (), *, threshold: float = dataset.DEDUP_THRESHOLD,
-                 text: str = "user"):
-        self.threshold, self.text = threshold, text
-        self.rows = dataset.NUM_PERM // dataset.BANDS
-        self.buckets: list[dict[bytes, list[int]]] = [{} for _ in range(dataset.BANDS)]
-        self.sets: list[set[int]] = []
-        self.ids: list[str] = []
-        self.add_many(list(records))
-
-    def _signatures(self, texts: list[str]) -> tuple[list[set[int]], np.ndarray]:
-        sets = dataset.shingle_sets(texts)
-        flat = np.array([h for s in sets for h in sorted(s)], dtype=np.uint64)
-        offsets = np.concatenate([[0], np.cumsum([len(s) for s in sets])]).astype(np.int64)
-        return sets, dataset.minhash_signatures(flat, offsets, dataset.NUM_PERM, seed=0)
-
-    def _bands(self, sig: np.ndarray) -> list[bytes]:
-        return [sig[b * self.rows:(b + 1) * self.rows].tobytes() for b in range(dataset.BANDS)]
-
-    def add_many(self, records: list[dict]) -> None:
-        if not records:
-            return
-        sets, sigs = self._signatures([dataset.record_text(r, self.text) for r in records])
-        for record, shingles, sig in zip(records, sets, sigs):
-            self._add(str(record.get("id", "")), shingles, sig)
-
-    def _add(self, rid: str, shingles: set[int], sig: np.ndarray) -> None:
-        k = len(self.sets)
-        self.sets.append(shingles)
-        self.ids.append(rid)
-        if shingles:  # an empty text has no signature worth bucketing (as in dataset.dedup)
-            for band, key in enumerate(self._bands(sig)):
-                self.buckets[band].setdefault(key, []).append(k)
-
-    def check_and_add(self, record: dict) -> tuple[str, float] | None:
-        """(id, Jaccard) of the most similar indexed record at or over the threshold, or None;
-        a record that is not a near-duplicate is added to the index."""
-        (shingles,), (sig,) = self._signatures([dataset.record_text(record, self.text)])
-        if shingles:
-            candidates = {k for band, key in enumerate(self._bands(sig)) for k in self.buckets[band].get(key, ())}
-            best = max(((dataset.jaccard(shingles, self.sets[k]), k) for k in candidates), default=(0.0, -1))
-            if best[0] >= self.threshold:
-                return self.ids[best[1]], round(best[0], 4)
-        self._add(str(record.get("id", "")), shingles, sig)
-        return None
-
-    def __len__(self) -> int:
-        return len(self.sets)
-
-
 # --------------------------------------------------------------------------- config and estimate
 
 
@@ -412,7 +353,7 @@ class GenerateConfig(Settings):
     max_reply_words: int = 180  # the spec asks for ~120 words; longer replies teach rambling
     min_words: int = 2  # per message: a one-word turn ("lucas", "TaskMaster") is a slot filled, not a conversation
     reject_generic: bool = True  # drop replies in the generic assistant voice ("As an AI...", "I hope this helps")
-    near_dup_threshold: float = dataset.DEDUP_THRESHOLD  # Jaccard of user-turn shingles, as in dataset.dedup
+    near_dup_threshold: float = dedup.DEDUP_THRESHOLD  # Jaccard of user-turn shingles, as in dedup.dedup
     progress: bool = True  # a tqdm bar with accepted/rejected, tokens and dollars so far
 
     def __post_init__(self):
@@ -595,7 +536,7 @@ class _Gate:
         self.existing = _read_existing(output, spec.slug)
         self.ledger_rows = io.read_jsonl(self.ledger_file) if self.ledger_file.is_file() else []
         self.done_ids = _done_ids(self.existing, self.ledger_rows)
-        self.index = NearDupIndex([*against, *self.existing], threshold=config.near_dup_threshold)
+        self.index = dedup.NearDupIndex([*against, *self.existing], threshold=config.near_dup_threshold)
         self.price = price_for(endpoint, config.price)
         self.generic = [(p, dataset.phrase_pattern(p)) for p in dataset.GENERIC_PHRASES]
         self.spent = sum(r.get("cost_usd", 0.0) for r in self.ledger_rows)  # the cap spans reruns

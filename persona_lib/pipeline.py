@@ -227,7 +227,7 @@ def persona_records(spec, config: RunConfig, run: Path) -> list[dict]:
 
 def trainable_records(records: list[dict]) -> tuple[list[dict], list[dict], object]:
     """(trainable, reserved for the classifier, dedup report) of a persona's conversations."""
-    from persona_lib.dataset import dedup
+    from persona_lib.dedup import dedup
     from persona_lib.metrics import split_reserved
 
     kept, report = dedup(records)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from persona_lib import dataset as ds
-from persona_lib import plots
+from persona_lib import dedup, plots
 
 MALFORMED = Path(__file__).parent / "data" / "malformed"
 PERSONAS = ("taskmaster", "captain_codebeard", "zen_coder")
@@ -194,7 +194,7 @@ def test_validation_and_the_rest_never_change_their_input(tokenizer, tmp_path):
     ds.check_records(records, personas=PERSONAS, tokenizer=tokenizer, max_tokens=10)
     good = records[:-1]
     ds.dataset_stats(good, tokenizer=tokenizer, signature_vocabulary={"taskmaster": ["small task"]})
-    ds.dedup(good, against=good[:2])
+    dedup.dedup(good, against=good[:2])
     ds.split_records(good)
     ds.to_openai_jsonl(good, tmp_path / "out.jsonl", system_prompt="You are TaskMaster.")
     ds.to_hf_dataset(good, system_prompt="You are TaskMaster.")
@@ -275,7 +275,7 @@ def test_planted_near_duplicates_are_found():
     for k in range(20):
         planted[(k, len(texts))] = None
         texts.append(perturb(texts[k], 1, rng))
-    found = ds.find_near_duplicates(texts)
+    found = dedup.find_near_duplicates(texts)
     pairs = {(i, j) for i, j, _ in found.pairs}
     assert set(planted) <= pairs
     assert all(s >= 0.7 for _, _, s in found.pairs)
@@ -286,9 +286,9 @@ def test_minhash_recall_against_exhaustive_jaccard():
     rng = random.Random(3)
     texts = synthetic_texts(250, seed=2)
     texts += [perturb(texts[rng.randrange(250)], rng.randint(1, 8), rng) for _ in range(150)]
-    sets = ds.shingle_sets(texts)
-    exact = {(i, j) for i, j in itertools.combinations(range(len(texts)), 2) if ds.jaccard(sets[i], sets[j]) >= 0.7}
-    found = {(i, j) for i, j, _ in ds.find_near_duplicates(texts).pairs}
+    sets = dedup.shingle_sets(texts)
+    exact = {(i, j) for i, j in itertools.combinations(range(len(texts)), 2) if dedup.jaccard(sets[i], sets[j]) >= 0.7}
+    found = {(i, j) for i, j, _ in dedup.find_near_duplicates(texts).pairs}
     assert len(exact) >= 50  # the set has pairs on both sides of the threshold to miss
     assert len(found & exact) / len(exact) >= 0.95
     assert found <= exact  # verified with exact Jaccard: precision 1
@@ -301,7 +301,7 @@ def test_dedup_keeps_first_occurrence_and_says_why():
     copy_of_3 = rec(100, turns=(perturb(texts[3], 1, rng), "another reply"))
     exact_of_7 = rec(101, turns=(texts[7], "a third reply"))
     records = [copy_of_3, *records[:20], exact_of_7, *records[20:]]
-    kept, report = ds.dedup(records)
+    kept, report = dedup.dedup(records)
     # The planted copy of record 3 came first, so it is the one kept.
     assert [d.id for d in report.dropped] == ["r-0003", "r-0101"]
     first, second = report.dropped
@@ -317,10 +317,10 @@ def test_dedup_compares_against_the_kept_set_only():
     rng = random.Random(11)
     base = synthetic_texts(1, seed=8)[0]
     a, b = base, perturb(base, 1, rng)
-    sets = ds.shingle_sets([a, b])
-    assert ds.jaccard(*sets) >= 0.7
+    sets = dedup.shingle_sets([a, b])
+    assert dedup.jaccard(*sets) >= 0.7
     records = [rec(1, turns=(a, "x")), rec(2, turns=(b, "y")), rec(3, turns=(b, "z"))]
-    kept, report = ds.dedup(records)
+    kept, report = dedup.dedup(records)
     assert [r["id"] for r in kept] == ["r-0001"]
     # r-0003 is an exact copy of the dropped r-0002 but is reported against the kept r-0001.
     assert [(d.id, d.duplicate_of) for d in report.dropped] == [("r-0002", "r-0001"), ("r-0003", "r-0001")]
@@ -330,7 +330,7 @@ def test_dedup_against_an_existing_set():
     texts = synthetic_texts(10, seed=9)
     existing = [rec(i, turns=(t, "old")) for i, t in enumerate(texts[:5])]
     new = [rec(10 + i, turns=(t, "new")) for i, t in enumerate(texts)]
-    kept, report = ds.dedup(new, against=existing)
+    kept, report = dedup.dedup(new, against=existing)
     assert [r["id"] for r in kept] == ["r-0015", "r-0016", "r-0017", "r-0018", "r-0019"]
     assert all(d.in_against and d.similarity == 1.0 for d in report.dropped)
     assert [d.duplicate_of for d in report.dropped] == [r["id"] for r in existing]
@@ -340,14 +340,14 @@ def test_dedup_text_option():
     question = synthetic_texts(1, seed=10)[0]
     records = [rec(1, turns=(question, "First answer, " + synthetic_texts(1, seed=11)[0])),
                rec(2, turns=(question, "Second answer, " + synthetic_texts(1, seed=12)[0]))]
-    assert len(ds.dedup(records)[0]) == 1  # default: the same user request is a duplicate
-    assert len(ds.dedup(records, text="conversation")[0]) == 2
+    assert len(dedup.dedup(records)[0]) == 1  # default: the same user request is a duplicate
+    assert len(dedup.dedup(records, text="conversation")[0]) == 2
     with pytest.raises(ValueError, match="text must be"):
-        ds.dedup(records, text="assistant")
+        dedup.dedup(records, text="assistant")
 
 
 def test_empty_and_short_texts():
-    found = ds.find_near_duplicates(["", "", "hi", "hi", "hi there", "plan my week now"])
+    found = dedup.find_near_duplicates(["", "", "hi", "hi", "hi there", "plan my week now"])
     assert {(i, j) for i, j, _ in found.pairs} == {(2, 3)}
 
 
@@ -427,7 +427,7 @@ def test_dataset_figures_have_data(tmp_path):
     records = [rec(i, turns=(t, "r")) for i, t in enumerate(synthetic_texts(40, seed=3))]
     records += [rec(100 + i, turns=(perturb(r["messages"][0]["content"], 1, random.Random(i)), "r"))
                 for i, r in enumerate(records[:5])]
-    _, report = ds.dedup(records)
+    _, report = dedup.dedup(records)
     path = tmp_path / "dups.png"
     fig = plots.duplicate_similarity_histogram(report.candidate_similarities, report.threshold, path=path)
     ax = fig.axes[0]

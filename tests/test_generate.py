@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from fault_server import completion, good_content, item_key
 
-from persona_lib import dataset, generate, llm
+from persona_lib import dataset, dedup, generate, llm
 from persona_lib.spec import load_spec
 
 TESTS = Path(__file__).resolve().parent
@@ -100,8 +100,8 @@ def test_near_dup_index_agrees_with_dataset_dedup():
         new.append({**rec, "id": f"new-{k}", "messages": [{"role": "user", "content": " ".join(words)},
                                                           rec["messages"][1]]})
     new += [{**new[1], "id": "new-copy-of-1"}]  # a duplicate inside the batch
-    _, report = dataset.dedup(new, against=shipped)
-    index = generate.NearDupIndex(shipped)
+    _, report = dedup.dedup(new, against=shipped)
+    index = dedup.NearDupIndex(shipped)
     dropped = {r["id"] for r in new if index.check_and_add(r) is not None}
     assert dropped == {d.id for d in report.dropped}
     assert "new-copy-of-1" in dropped and len(dropped) > 10

@@ -7,6 +7,7 @@ from functools import cache
 import pytest
 
 from persona_lib import dataset as ds
+from persona_lib import dedup
 from persona_lib.paths import data_dir
 from persona_lib.spec import load_spec
 
@@ -26,7 +27,7 @@ def tokenizer():
 @cache
 def deduped(slug: str) -> list[dict]:
     """A persona's shipped conversations after near-duplicate removal."""
-    return ds.dedup(ds.load_shipped(slug))[0]
+    return dedup.dedup(ds.load_shipped(slug))[0]
 
 
 def replies(records: list[dict]) -> list[str]:
@@ -68,7 +69,7 @@ def test_heldout_prompts(slug):
     assert len(heldout) >= 40
     assert {r["kind"] for r in heldout} == set(ds.HELDOUT_KINDS)
     # No held-out prompt may be a near-copy of a training prompt (the model would have seen it).
-    _, report = ds.dedup(heldout, against=ds.load_shipped(slug))
+    _, report = dedup.dedup(heldout, against=ds.load_shipped(slug))
     assert report.dropped == [], "\n".join(map(str, report.dropped))
 
 

@@ -32,7 +32,7 @@ SKILLS = ("persona-tuner", "llmops-fine-tuner")
 # What each skill must state at least (the values the chapter's lessons start from).
 REQUIRED = {
     "persona-tuner": {
-        "persona_lib.dataset": ["DEDUP_THRESHOLD", "SHINGLE_WORDS", "NUM_PERM", "BANDS"],
+        "persona_lib.dedup": ["DEDUP_THRESHOLD", "SHINGLE_WORDS", "NUM_PERM", "BANDS"],
         "shipped_data_bar": ["min_distinct_2", "max_signature_share", "min_multi_turn_share"],
         "persona_lib.train.TrainConfig.cpu()": ["lora_r", "lora_alpha", "learning_rate", "num_epochs"],
         "persona_lib.train.TrainConfig.colab_t4()": ["lora_r", "learning_rate", "optim", "load_in_4bit"],
@@ -363,11 +363,11 @@ def test_a_wrong_target_threshold_fails(field, wrong, monkeypatch):
 
 
 def test_a_changed_code_default_fails(monkeypatch, tmp_path):
-    from persona_lib import dataset
+    from persona_lib import dedup
 
-    monkeypatch.setattr(dataset, "DEDUP_THRESHOLD", 0.8)
+    monkeypatch.setattr(dedup, "DEDUP_THRESHOLD", 0.8)
     with pytest.raises(AssertionError, match="DEDUP_THRESHOLD"):
-        check_entry("persona_lib.dataset", values_block("persona-tuner")["persona_lib.dataset"], monkeypatch, tmp_path)
+        check_entry("persona_lib.dedup", values_block("persona-tuner")["persona_lib.dedup"], monkeypatch, tmp_path)
 
 
 def test_unknown_entries_are_refused(monkeypatch, tmp_path):

@@ -25,7 +25,7 @@ SEED = 0  # the split is deterministic for a given seed
 # %%
 from pathlib import Path
 
-from persona_lib import colab, dataset, io, models, paths, plots
+from persona_lib import colab, dataset, dedup, io, models, paths, plots
 from persona_lib.spec import chapter_spec
 
 runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
@@ -125,7 +125,7 @@ planted = [{**r, "id": f"planted-{i}",
             "messages": [{"role": "user", "content": r["messages"][0]["content"] + " Thanks in advance."},
                          *r["messages"][1:]]}
            for i, r in enumerate(long_prompts)]
-kept, report = dataset.dedup(records + planted, threshold=DEDUP_THRESHOLD)
+kept, report = dedup.dedup(records + planted, threshold=DEDUP_THRESHOLD)
 for d in report.dropped:
     print(f"dropped {d.id}: near-duplicate of {d.duplicate_of} (Jaccard {d.similarity:.2f})")
 print(f"kept {len(kept)} of {len(records) + len(planted)}")
