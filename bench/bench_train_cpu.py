@@ -304,7 +304,8 @@ def run_plain_loop(data, steps: int, model_id: str) -> dict:
 
 def training_data(model_id: str):
     from persona_lib.models import load_tokenizer
-    from persona_lib.train import TrainConfig, build_dataset, shipped_splits
+    from persona_lib.masking import build_dataset
+    from persona_lib.train import TrainConfig, shipped_splits
 
     splits = shipped_splits("taskmaster")
     data = build_dataset(splits["train"], load_tokenizer(model_id), TrainConfig().max_seq_length)

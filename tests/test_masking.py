@@ -6,7 +6,7 @@ import pytest
 
 from fixtures.chat_tokenizers import llama3_tokenizer
 from persona_lib.dataset import load_shipped
-from persona_lib.train import build_dataset, tokenize_conversation, trained_spans
+from persona_lib.masking import build_dataset, tokenize_conversation, trained_spans
 
 
 @pytest.fixture(scope="module")

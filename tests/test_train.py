@@ -236,7 +236,8 @@ def test_target_logits_loss_and_gradients_equal_the_full_vocabulary_loss(tiny_pa
     from peft import LoraConfig, get_peft_model
 
     from persona_lib.models import load_model
-    from persona_lib.train import build_dataset, build_trainer, sft_config
+    from persona_lib.masking import build_dataset
+    from persona_lib.train import build_trainer, sft_config
 
     model, tokenizer = load_model("tiny")
     torch.manual_seed(0)
@@ -304,7 +305,8 @@ def test_lora_matmuls_run_in_bf16_on_bf16_base_weights_and_learn_the_same(tiny_p
     from peft import LoraConfig, get_peft_model
 
     from persona_lib.models import load_model
-    from persona_lib.train import build_dataset, build_trainer, sft_config
+    from persona_lib.masking import build_dataset
+    from persona_lib.train import build_trainer, sft_config
 
     model, tokenizer = load_model("tiny", dtype="bfloat16")
     torch.manual_seed(0)

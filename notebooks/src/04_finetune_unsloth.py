@@ -36,7 +36,7 @@ MAX_NEW_TOKENS = 120  # about 90 words: TaskMaster's replies are short
 # %%
 from pathlib import Path
 
-from persona_lib import colab, dataset, io, metrics, models, plots, train
+from persona_lib import colab, dataset, io, masking, metrics, models, plots, train
 from persona_lib.chat import generate_replies
 from persona_lib.dataset import heldout_prompts
 from persona_lib.spec import chapter_spec
@@ -126,9 +126,9 @@ print(f"{data['source']}: {len(train_records)} to train on, {len(val_records)} f
 # %%
 tokenizer = models.load_tokenizer(model_id)
 example = max(train_records, key=lambda r: len(r["messages"]))  # a multi-turn one, if there is one
-row = train.tokenize_conversation(tokenizer, example["messages"])
+row = masking.tokenize_conversation(tokenizer, example["messages"])
 pieces, last = [], 0
-for a, b in train.trained_spans(row["input_ids"], row["labels"]):
+for a, b in masking.trained_spans(row["input_ids"], row["labels"]):
     pieces += [tokenizer.decode(row["input_ids"][last:a]), "[", tokenizer.decode(row["input_ids"][a:b]), "]"]
     last = b
 print("".join(pieces + [tokenizer.decode(row["input_ids"][last:])]))

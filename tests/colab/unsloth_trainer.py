@@ -17,10 +17,10 @@ import trl  # noqa: E402
 
 from persona_lib.dataset import load_shipped  # noqa: E402
 from persona_lib.models import resolve  # noqa: E402
+from persona_lib.masking import build_dataset  # noqa: E402
 from persona_lib.train import (  # noqa: E402
     TrainConfig,
     _trainer_class,
-    build_dataset,
     build_trainer,
     load_for_training,
     sft_config,
