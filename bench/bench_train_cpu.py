@@ -224,7 +224,8 @@ def runs_in(name: str, precision: str) -> str:
 def run_trainer(name: str, data, steps: int, workdir: Path, model_id: str, profile_steps: int = 0) -> dict:
     from trl import SFTConfig, SFTTrainer
 
-    from persona_lib.train import TrainConfig, build_trainer, sft_config
+    from persona_lib.train import TrainConfig
+    from persona_lib.trainer import build_trainer, sft_config
 
     ours = name in PROJECT or name in TRIALS
     settings = PROJECT[name] if name in PROJECT else {} if name in TRIALS else HF_DEFAULTS

@@ -130,7 +130,8 @@ def test_a_template_without_an_end_of_turn_token_is_refused(tiny_path):
 
 def test_sft_trainer_trains_on_our_labels_unchanged(tiny, chatml, shipped, tmp_path):
     """TRL keeps a pre-tokenized dataset's labels; its collator pads them with -100."""
-    from persona_lib.train import TrainConfig, build_trainer, sft_config
+    from persona_lib.train import TrainConfig
+    from persona_lib.trainer import build_trainer, sft_config
 
     model, _ = tiny
     data = build_dataset(shipped, chatml, 512)

@@ -237,7 +237,7 @@ def test_target_logits_loss_and_gradients_equal_the_full_vocabulary_loss(tiny_pa
 
     from persona_lib.models import load_model
     from persona_lib.masking import build_dataset
-    from persona_lib.train import build_trainer, sft_config
+    from persona_lib.trainer import build_trainer, sft_config
 
     model, tokenizer = load_model("tiny")
     torch.manual_seed(0)
@@ -306,7 +306,7 @@ def test_lora_matmuls_run_in_bf16_on_bf16_base_weights_and_learn_the_same(tiny_p
 
     from persona_lib.models import load_model
     from persona_lib.masking import build_dataset
-    from persona_lib.train import build_trainer, sft_config
+    from persona_lib.trainer import build_trainer, sft_config
 
     model, tokenizer = load_model("tiny", dtype="bfloat16")
     torch.manual_seed(0)

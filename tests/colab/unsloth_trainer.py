@@ -18,14 +18,8 @@ import trl  # noqa: E402
 from persona_lib.dataset import load_shipped  # noqa: E402
 from persona_lib.models import resolve  # noqa: E402
 from persona_lib.masking import build_dataset  # noqa: E402
-from persona_lib.train import (  # noqa: E402
-    TrainConfig,
-    _trainer_class,
-    build_trainer,
-    load_for_training,
-    sft_config,
-    train,
-)
+from persona_lib.train import TrainConfig, load_for_training, train  # noqa: E402
+from persona_lib.trainer import _trainer_class, build_trainer, sft_config  # noqa: E402
 
 found = {"sft_trainer": trl.SFTTrainer.__name__,
          "persona_trainer_bases": [c.__name__ for c in _trainer_class().__mro__[:3]]}

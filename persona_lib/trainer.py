@@ -1,0 +1,234 @@
+"""TRL's side of training: the SFTConfig for a TrainConfig and the SFTTrainer subclass both
+backends train with (length-grouped batches, the LM head only on labelled tokens, LoRA matmuls
+in bf16 on a CPU with bf16 base weights), plus the callbacks that write the loss log and draw
+the progress bar. `persona_lib.train.train` builds and runs it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from persona_lib import io
+
+if TYPE_CHECKING:
+    from persona_lib.train import TrainConfig
+
+
+def sft_config(config: TrainConfig, output_dir: str | os.PathLike, *, precision: str, cuda: bool,
+               has_eval: bool, backend: str, **extra):
+    """TRL's SFTConfig for a TrainConfig.
+
+    On CPU this is the configuration measured fastest by bench/bench_train_cpu.py, and it is
+    why the CPU path can keep SFTTrainer instead of a hand-written loop: no TRL bf16 autocast
+    of fp32 weights (bf16, where the CPU has it, lives in the base weights, and the trainer
+    subclass runs the LoRA matmuls in bf16 too; see resolve_precision and `cpu_autocast`), no
+    gradient checkpointing (TRL turns it on by default: +30% compute for memory a CPU box
+    has), length-grouped batches (27% padding at batch 4 in random order, 6% grouped), and the
+    LM head only on labelled tokens (loss="target_logits", computed by the trainer subclass).
+    Measured side by side on 2 AMD EPYC cores with AVX512-BF16 (bench/results/train_cpu.json),
+    non-pad tokens/s and share of the matmul ceiling of the precision each runs in: this
+    configuration 345 (45% of bf16), with fp32 LoRA matmuls 285 (37%), in fp32 219 (61% of
+    fp32), a plain fp32 PyTorch loop 213 (60%), TRL's defaults 154 (20% of bf16), TRL's
+    defaults with bf16 off 102 (29% of fp32).
+    """
+    from trl import SFTConfig
+
+    eval_every = config.eval_steps if config.eval_steps else None
+    args = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=config.weight_decay,
+        optim=config.optim,
+        seed=config.seed,
+        data_seed=config.seed,
+        max_length=config.max_seq_length,
+        bf16=cuda and precision == "bf16",  # autocast on GPUs; on CPU the bf16 is in the weights
+        fp16=cuda and precision == "fp16",
+        use_cpu=not cuda,
+        # Unsloth applies its own checkpointing in get_peft_model; HF's would run it twice.
+        gradient_checkpointing=config.gradient_checkpointing and backend == "transformers",
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        # Under accelerate launch (DDP) every LoRA weight gets a gradient at every step: no search
+        # for unused parameters (DDP's extra pass over the autograd graph, which it warns about).
+        ddp_find_unused_parameters=False,
+        loss_type="nll" if config.loss == "target_logits" else config.loss,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval and eval_every else "no",
+        eval_steps=eval_every,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to="none",
+        disable_tqdm=True,  # our own progress bar (one line, loss and tokens/s)
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        dataset_num_proc=None,
+    )
+    args.update(extra)
+    return SFTConfig(**args)
+
+
+def _trainer_class():
+    """SFTTrainer with a seeded, epoch-aware length-grouped sampler.
+
+    transformers' own LengthGroupedSampler draws from the global RNG when each epoch starts,
+    which a resumed run has not replayed; this one derives the order from (seed, epoch), so a
+    run resumed mid-epoch sees exactly the batches the uninterrupted run saw.
+    """
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+    from trl import SFTTrainer
+
+    class Sampler(torch.utils.data.Sampler):
+        def __init__(self, lengths, group, seed):
+            self.lengths, self.group, self.seed, self.epoch = lengths, group, seed, 0
+
+        def set_epoch(self, epoch):
+            self.epoch = int(epoch)
+
+        def __len__(self):
+            return len(self.lengths)
+
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.group, generator=generator))
+
+    class PersonaSFTTrainer(SFTTrainer):
+        group_by_length = True
+        target_logits = False
+        lora_in_bf16 = False
+
+        def _lora_in_bf16(self, model):
+            """With `lora_in_bf16` (a CPU run with bf16 base weights): autocast to bf16 with PEFT's
+            input cast turned off, so the LoRA matmuls run in bf16 like the base ones. Without it
+            PEFT casts every layer's input to the fp32 LoRA weights and back: fp32 matmuls and
+            two copies per projection. The LoRA weights and their optimizer state stay fp32."""
+            if not self.lora_in_bf16:
+                return contextlib.nullcontext()
+            from peft.helpers import disable_input_dtype_casting
+
+            stack = contextlib.ExitStack()
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+            stack.enter_context(disable_input_dtype_casting(self.accelerator.unwrap_model(model)))
+            return stack
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            """With `target_logits`: the decoder's hidden states, then the LM head and cross-entropy
+            only at positions that have a label. HF's loss projects every position onto the
+            vocabulary (a fifth of SmolLM2's compute), TRL's chunked loss projects only labelled
+            ones but recomputes them in the backward pass; this does neither. Llama-family
+            models only (no logit scaling or soft-capping), which is what the CPU path trains.
+
+            The forward pass goes through `model` as the trainer hands it over, so that under
+            `accelerate launch` DistributedDataParallel sees it and averages the gradients; the
+            decoder's output is taken with a hook, and the model itself projects one position."""
+            if not self.target_logits:
+                with self._lora_in_bf16(model):
+                    return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs.pop("_prediction_loss_only", None)
+            causal_lm = self.accelerator.unwrap_model(model).get_base_model()
+            hidden = []
+            hook = causal_lm.base_model.register_forward_hook(lambda module, args, output: hidden.append(output[0]))
+            try:
+                with self._lora_in_bf16(model):
+                    model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False,
+                          logits_to_keep=1)
+            finally:
+                hook.remove()
+            target = inputs["labels"][:, 1:]
+            keep = target != -100
+            logits = causal_lm.get_output_embeddings()(hidden[0][:, :-1][keep]).float()
+            loss = torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum")
+            # Divided by the labelled tokens of the whole accumulated batch, like HF's own loss.
+            loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1))
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                # num_items_in_batch counts every process's tokens and DDP averages the gradients
+                # over processes: scaled back up, as the Trainer's own compute_loss does.
+                loss = loss * self.accelerator.num_processes
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+        def _get_train_sampler(self, train_dataset=None):
+            if not self.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            return Sampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, self.args.seed)
+
+    return PersonaSFTTrainer
+
+
+def build_trainer(config: TrainConfig, model, tokenizer, args, train_dataset, eval_dataset=None, *,
+                  backend: str = "transformers"):
+    """The SFTTrainer for a PEFT model and pre-tokenized datasets (what train() runs; the CPU
+    benchmark measures exactly this)."""
+    import datasets
+    import torch
+    from transformers import PrinterCallback
+
+    datasets.disable_progress_bars()  # TRL's truncation pass over data that is already cut
+    try:
+        trainer = _trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                   processing_class=tokenizer)
+    finally:
+        datasets.enable_progress_bars()
+    trainer.group_by_length = config.group_by_length
+    # Unsloth computes its own fused loss on the GPU; target_logits is the CPU path's.
+    trainer.target_logits = config.loss == "target_logits" and backend == "transformers"
+    trainer.lora_in_bf16 = (config.cpu_autocast and args.use_cpu and backend == "transformers"
+                            and getattr(model, "get_base_model", lambda: model)().dtype == torch.bfloat16)
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict; our progress bar shows the losses
+    return trainer
+
+
+def training_callbacks(output_dir: Path, total_steps: int, progress: bool):
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class LossLog(TrainerCallback):
+        """Rewrites loss_log.jsonl from the trainer's log history at every log event, so after a
+        resume it holds exactly the history restored from the checkpoint plus what followed."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            rows = [{k: v for k, v in row.items() if k in ("step", "epoch", "loss", "eval_loss", "learning_rate",
+                                                               "grad_norm", "num_input_tokens_seen")}
+                    for row in state.log_history if "loss" in row or "eval_loss" in row]
+            io.write_jsonl(output_dir / "loss_log.jsonl", rows)
+
+    class Progress(TrainerCallback):
+        """One bar: steps, the latest train and validation loss, and tokens per second."""
+
+        def __init__(self):
+            self.bar, self.start, self.tokens0, self.shown = None, 0.0, 0, {}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=total_steps, initial=state.global_step, desc="training", unit="step",
+                            disable=not (progress and state.is_world_process_zero), dynamic_ncols=True)
+            self.start, self.tokens0 = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(state.global_step - self.bar.n)
+            rate = (state.num_input_tokens_seen - self.tokens0) / max(time.perf_counter() - self.start, 1e-9)
+            self.shown["tok/s"] = f"{rate:.0f}"
+            self.bar.set_postfix(self.shown, refresh=True)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.shown.update({k: f"{v:.3f}" for k, v in (logs or {}).items() if k in ("loss", "eval_loss")})
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.set_postfix(self.shown, refresh=True)
+            self.bar.close()
+
+    return [LossLog(), Progress()]
