@@ -482,12 +482,14 @@ def _is_slug(text: str) -> bool:
 
 # ---------------------------------------------------------------------------- prompt and rubric
 
-def _label(name: str) -> str:
+def spaced(name: str) -> str:
+    """A snake_case name as words: "time_blocking" -> "time blocking"."""
     return name.replace("_", " ")
 
 
-def _sentence(text: str) -> str:
-    text = text.strip()
+def as_sentence(text: str) -> str:
+    """One line ending in a full stop (or its own ! or ?), whitespace collapsed."""
+    text = " ".join(text.split())
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
@@ -506,10 +508,10 @@ def system_prompt(spec: PersonaSpec, n_phrases: int = 4) -> str:
     stuff every catchphrase into one reply.
     """
     lines = [
-        f"You are {spec.name}, {_sentence(spec.description)}",
-        "Personality: " + ", ".join(_label(t.name) for t in spec.traits) + ".",
-        f"Tone: {_sentence(spec.tone)}",
-        f"You know: {_sentence(spec.knowledge_domain)}",
+        f"You are {spec.name}, {as_sentence(spec.description)}",
+        "Personality: " + ", ".join(spaced(t.name) for t in spec.traits) + ".",
+        f"Tone: {as_sentence(spec.tone)}",
+        f"You know: {as_sentence(spec.knowledge_domain)}",
     ]
     if spec.signature_vocabulary:
         phrases = ", ".join(f'"{p}"' for p in spec.signature_vocabulary[:n_phrases])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from fault_server import completion, good_content, item_key
 
-from persona_lib import dataset, dedup, generate, llm
+from persona_lib import dataset, dedup, generate, llm, teacher
 from persona_lib.spec import load_spec
 
 TESTS = Path(__file__).resolve().parent
@@ -37,24 +37,24 @@ def lines(path: Path) -> list[dict]:
 
 
 def test_plan_is_deterministic_unique_and_balanced(spec):
-    items = generate.plan(spec, 96)
-    assert items == generate.plan(spec, 96)
+    items = teacher.plan(spec, 96)
+    assert items == teacher.plan(spec, 96)
     assert len({it.id for it in items}) == 96
-    assert all(generate.index_of(it.id) == it.index for it in items)
-    assert generate.index_of("tm-0001") is None
+    assert all(teacher.index_of(it.id) == it.index for it in items)
+    assert teacher.index_of("tm-0001") is None
     assert {it.topic for it in items[:len(spec.topics)]} == set(spec.topics)  # round-robin topics
     assert {p for it in items[:len(spec.signature_vocabulary)] for p in it.phrases} == set(spec.signature_vocabulary)
     assert {it.turns for it in items} == {1, 2, 3}
     assert len({(it.profile, it.situation) for it in items}) > 60  # scenarios vary
-    prompts = [json.dumps(generate.prompt_messages(spec, it)) for it in generate.plan(spec, 1000)]
+    prompts = [json.dumps(teacher.prompt_messages(spec, it)) for it in teacher.plan(spec, 1000)]
     assert len(set(prompts)) == 1000  # no request is asked twice under two ids
-    other = generate.plan(spec, 96, seed=1)
+    other = teacher.plan(spec, 96, seed=1)
     assert not {it.id for it in items} & {it.id for it in other}
 
 
 def test_prompt_carries_persona_topic_scenario_and_turns(spec):
-    item = next(it for it in generate.plan(spec, 40) if it.turns == 3)
-    system, user = (m["content"] for m in generate.prompt_messages(spec, item))
+    item = next(it for it in teacher.plan(spec, 40) if it.turns == 3)
+    system, user = (m["content"] for m in teacher.prompt_messages(spec, item))
     assert spec.name in system and spec.traits[0].description.split(":")[0] in system
     assert all(rule in system for rule in spec.dont)
     assert item.topic.replace("_", " ") in user and item.profile in user and item.situation in user
@@ -63,27 +63,27 @@ def test_prompt_carries_persona_topic_scenario_and_turns(spec):
 
 
 def test_schema_fixes_the_turn_count_in_both_dialects(spec):
-    schema = generate.conversation_schema(2, max_chars=100)
+    schema = teacher.conversation_schema(2, max_chars=100)
     assert schema["required"] == ["turn_1", "turn_2"] and schema["additionalProperties"] is False
     strict = llm.response_format(schema, "json_schema")["json_schema"]["schema"]
     assert strict["required"] == ["turn_1", "turn_2"] and "maxLength" not in json.dumps(strict)
     assert llm.response_format(schema, "json_object")["schema"]["properties"]["turn_1"]["properties"]["user"][
         "maxLength"] == 100
-    assert generate.chars_per_string(96, 1) == 133 and generate.chars_per_string(800, 3) < 800 * 3.5 / 6
+    assert teacher.chars_per_string(96, 1) == 133 and teacher.chars_per_string(800, 3) < 800 * 3.5 / 6
 
 
 def test_parse_reply():
     good = {"turn_1": {"user": " hi there ", "assistant": "Hello, let's plan."}}
-    messages = generate.parse_reply(json.dumps(good), "stop", 1)
+    messages = teacher.parse_reply(json.dumps(good), "stop", 1)
     assert messages == [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "Hello, let's plan."}]
-    assert generate.parse_reply("```json\n" + json.dumps(good) + "\n```", "stop", 1) == messages
+    assert teacher.parse_reply("```json\n" + json.dumps(good) + "\n```", "stop", 1) == messages
     cases = [('{"turn_1": {"user": "a"', "length", 1, "truncated"),
              ("Sure! {'turn_1': {}}", "stop", 1, "invalid_json"),
              ('{"turns": [1, 2]}', "stop", 1, "wrong_shape"),
              (json.dumps(good), "stop", 2, "wrong_turn_count")]
     for text, finish, turns, reason in cases:
-        with pytest.raises(generate.ReplyError) as e:
-            generate.parse_reply(text, finish, turns)
+        with pytest.raises(teacher.ReplyError) as e:
+            teacher.parse_reply(text, finish, turns)
         assert e.value.reason == reason
 
 
@@ -209,7 +209,7 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(spec, serve, t
     assert len(records) == n == len({r["id"] for r in records})
     complete_before = before_text[:before_text.rfind("\n") + 1]
     assert out.read_text().startswith(complete_before)  # every received record survived, in place
-    key_of = {it.id: item_key(generate.prompt_messages(spec, it)) for it in generate.plan(spec, config.item_limit)}
+    key_of = {it.id: item_key(teacher.prompt_messages(spec, it)) for it in teacher.plan(spec, config.item_limit)}
     asked_after = {r["item"] for r in server.log[cut:]}
     assert not asked_after & {key_of[i] for i in done_before}  # nothing finished was asked again
     asked_again = asked_after & asked_before
@@ -252,8 +252,10 @@ def test_spend_cap_stops_cleanly_and_holds_across_reruns(spec, serve, tmp_path):
     requests = server.stats()["requests"]
     again = generate.run(spec, endpoint, out, config)
     assert server.stats()["requests"] == requests and again.report["stopped"].startswith("spend cap")
+    generate.run(spec, endpoint, out, fast_config(n=20, spend_cap_usd=1.0))  # a server on this machine: free
+    remote = llm.Endpoint.compatible("http://teacher.example/v1", "fake")  # refused before any request
     with pytest.raises(ValueError, match="no price known"):
-        generate.run(spec, endpoint, out, fast_config(n=20, spend_cap_usd=1.0))
+        generate.run(spec, remote, out, fast_config(n=20, spend_cap_usd=1.0))
 
 
 def test_batch_files_round_trip_through_the_gate(spec, tmp_path):

@@ -34,7 +34,7 @@ CONCURRENCY = 8  # requests in flight at once
 import json
 from pathlib import Path
 
-from persona_lib import colab, dataset, generate, llm, plots
+from persona_lib import colab, dataset, generate, llm, plots, teacher
 from persona_lib.spec import chapter_spec
 
 runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
@@ -64,12 +64,12 @@ print(f"run folder: {run}\nspec: {spec.name}; "
 # which is what lets an interrupted run resume.
 
 # %%
-items = generate.plan(spec, 8)
+items = teacher.plan(spec, 8)
 for it in items:
     print(f"{it.id}  {it.topic:<20} {it.turns} turn(s)  {it.profile}, who {it.situation}")
 
 # %%
-system, user = generate.prompt_messages(spec, items[0])
+system, user = teacher.prompt_messages(spec, items[0])
 print(system["content"])
 print("\n---- the request for item 0 ----\n")
 print(user["content"])
@@ -88,7 +88,7 @@ print(user["content"])
 # ...}`) and answers OpenAI's with HTTP 500. The client speaks both.
 
 # %%
-schema = generate.conversation_schema(2)
+schema = teacher.conversation_schema(2)
 print(json.dumps(schema, indent=1)[:700], "...")
 print("OpenAI dialect:", llm.response_format(schema, "json_schema")["type"],
       "| llama.cpp dialect:", llm.response_format(schema, "json_object")["type"])
@@ -216,7 +216,7 @@ print(skillfirst.fill(runs_root, "L03", skillfirst.draft(run, "L03")))
 #    the ledger: which items were asked twice?
 # 2. Generate 30 examples at `temperature=0.3` and 30 at `1.1` (`GenerateConfig(temperature=...)`,
 #    a different output file each). Compare distinct-2, the near-duplicate rate and what you read.
-# 3. Add three user personas of your own to `generate.USER_PROFILES` that your real users
+# 3. Add three user personas of your own to `teacher.USER_PROFILES` that your real users
 #    resemble. Which topics change most?
 # 4. Lower `near_dup_threshold` to 0.5. How many more records are rejected, and were they really
 #    duplicates? (`plots.duplicate_similarity_histogram` from lesson 2 helps.)

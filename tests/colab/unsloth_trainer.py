@@ -16,8 +16,8 @@ _patch_trl_rl_trainers("sft_trainer")  # what unsloth does on a GPU: trl.SFTTrai
 import trl  # noqa: E402
 
 from persona_lib.dataset import load_shipped  # noqa: E402
-from persona_lib.models import resolve  # noqa: E402
 from persona_lib.masking import build_dataset  # noqa: E402
+from persona_lib.models import resolve  # noqa: E402
 from persona_lib.train import TrainConfig, load_for_training, train  # noqa: E402
 from persona_lib.trainer import _trainer_class, build_trainer, sft_config  # noqa: E402
 

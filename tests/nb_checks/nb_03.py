@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def check(run: Path) -> None:
-    from persona_lib import dataset, generate
+    from persona_lib import dataset, generate, teacher
 
     data = run / "data"
     generated = data / "generated.jsonl"
@@ -22,7 +22,7 @@ def check(run: Path) -> None:
     assert sum(report["rejected_this_run"].values()) + report["accepted_this_run"] == 2
     assert report["vocabulary"]["phrases"] == 12 and report["cost_usd"] == 0.0
     for record in records:
-        assert generate.index_of(record["id"]) is not None
+        assert teacher.index_of(record["id"]) is not None
         assert record["source"].startswith("llamacpp:") and record["messages"][0]["role"] == "user"
     assert (data / "generation_report.png").stat().st_size > 10_000
 
