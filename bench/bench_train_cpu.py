@@ -304,9 +304,10 @@ def run_plain_loop(data, steps: int, model_id: str) -> dict:
 
 
 def training_data(model_id: str):
-    from persona_lib.models import load_tokenizer
+    from persona_lib.dataset import shipped_splits
     from persona_lib.masking import build_dataset
-    from persona_lib.train import TrainConfig, shipped_splits
+    from persona_lib.models import load_tokenizer
+    from persona_lib.train import TrainConfig
 
     splits = shipped_splits("taskmaster")
     data = build_dataset(splits["train"], load_tokenizer(model_id), TrainConfig().max_seq_length)
@@ -429,7 +430,7 @@ def full_run(args) -> dict:
     """2 epochs of each of --full-configs on the same data, measured before and after: what
     each configuration learns, side by side, with paired intervals on their differences."""
     from persona_lib.chat import generate_replies
-    from persona_lib.dataset import distinct_n, heldout_prompts, load_knowledge
+    from persona_lib.dataset import distinct_n, heldout_prompts, load_knowledge, shipped_splits
     from persona_lib.metrics import (
         any_phrase,
         knowledge_recall,
@@ -439,7 +440,7 @@ def full_run(args) -> dict:
     from persona_lib.models import load_model
     from persona_lib.plots import loss_curve
     from persona_lib.spec import load_spec
-    from persona_lib.train import TrainConfig, read_loss_log, shipped_splits, train
+    from persona_lib.train import TrainConfig, read_loss_log, train
 
     names = [c.strip() for c in args.full_configs.split(",")]
     unknown = [c for c in names if c not in PROJECT]

@@ -98,6 +98,22 @@ def in_colab() -> bool:
     return "COLAB_RELEASE_TAG" in os.environ
 
 
+def secret(name: str) -> str | None:
+    """A secret from the environment, else from Colab's Secrets panel (a secret of that name
+    with notebook access switched on), else None."""
+    value = os.environ.get(name, "").strip()
+    if value:
+        return value
+    if in_colab():
+        from google.colab import userdata  # only exists in Colab
+
+        try:
+            return (userdata.get(name) or "").strip() or None
+        except (userdata.SecretNotFoundError, userdata.NotebookAccessError):
+            return None
+    return None
+
+
 def torch_version_ok(version: str) -> bool:
     """Is this torch inside unsloth's declared range? ('2.9.0+cu126' -> True)."""
     major, minor = (int(x) for x in version.split("+")[0].split(".")[:2])
@@ -132,9 +148,7 @@ def setup(needs: Sequence[str] = ()) -> None:
     install_gpu_stack()
     wanted = set(needs)
     if "judge" in wanted:
-        from persona_lib.llm import openai_api_key
-
-        if openai_api_key() is None:
+        if secret("OPENAI_API_KEY") is None:
             print("No OPENAI_API_KEY secret: this lesson will use a local llama.cpp endpoint with SmolLM2-135M.")
             wanted |= {"llama", "smollm2"}
     if "smollm2" in wanted and missing([SMOLLM2]):

@@ -15,6 +15,7 @@ one `DatasetError`), and validation never changes its input.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -634,6 +635,32 @@ def distinct_n(texts: Iterable[str], n: int = 2) -> float:
     return len(seen) / total if total else 0.0
 
 
+# --------------------------------------------------------------------------- the classifier's reserved slice
+#
+# The reserved slice: a shipped record is reserved for the classifier when
+#     int(sha256(f"{RESERVE_SALT}:{record_id}").hexdigest()[:8], 16) / 2**32 < RESERVE_SHARE
+# A hash of the id alone, so the rule is the same in every process, whatever the file order,
+# and adding records never moves an existing record in or out of the slice.
+
+RESERVE_SALT = "persona-classifier-v1"
+RESERVE_SHARE = 0.15  # about 32 of TaskMaster's 215 conversations: enough for a char n-gram
+# classifier to tell three personas apart, while adapters keep 85% of the data
+
+
+def is_reserved(record_id: str) -> bool:
+    """True for a shipped record that only the persona classifier may see (never an adapter)."""
+    h = int(hashlib.sha256(f"{RESERVE_SALT}:{record_id}".encode()).hexdigest()[:8], 16)
+    return h / 2**32 < RESERVE_SHARE
+
+
+def split_reserved(records: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """(records adapters may train on, records reserved for the persona classifier)."""
+    keep, reserved = [], []
+    for r in records:
+        (reserved if is_reserved(r["id"]) else keep).append(r)
+    return keep, reserved
+
+
 # --------------------------------------------------------------------------- split and export
 
 
@@ -651,8 +678,6 @@ def chapter_training_data(run: str | os.PathLike, slug: str, *, validation_fract
     Returns {"train", "validation", "source"} (the source in words, for the notebook to print).
     """
     from persona_lib.io import read_jsonl
-    from persona_lib.metrics import split_reserved
-    from persona_lib.train import split_for_validation
 
     data = Path(run) / "data"
     merged = data / "merged.jsonl"
@@ -694,6 +719,24 @@ def split_records(records: Sequence[dict], *, fractions: tuple[float, float, flo
         for pos, k in enumerate(members):
             assign[k] = "validation" if pos < n_val else "test" if pos < n_val + n_test else "train"
     return {name: [r for k, r in enumerate(records) if assign[k] == name] for name in SPLITS}
+
+
+def split_for_validation(records: Sequence[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, validation): `fraction` of the records held out, stratified by topic."""
+    if fraction == 0 or len(records) < 2:
+        return list(records), []
+    parts = split_records(records, fractions=(1 - fraction, fraction, 0.0), seed=seed)
+    return parts["train"], parts["validation"]
+
+
+def shipped_splits(slug: str, validation_fraction: float = 0.1, seed: int = 3407) -> dict[str, list[dict]]:
+    """A shipped persona's training data: {"train", "validation"}, stratified by topic.
+
+    The slice reserved for the persona classifier (`split_reserved`) is left out, so
+    the classifier never grades replies an adapter learnt from the classifier's own examples.
+    """
+    train_records, validation = split_for_validation(split_reserved(load_shipped(slug))[0], validation_fraction, seed)
+    return {"train": train_records, "validation": validation}
 
 
 def _with_system(records: Sequence[dict], system_prompt: str | None) -> list[dict]:

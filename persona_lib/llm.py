@@ -93,20 +93,10 @@ def redact(text: str, secret: Secret | None = None) -> str:
 def openai_api_key() -> Secret | None:
     """The OpenAI key from the environment (OPENAI_API_KEY), else from Colab's Secrets panel
     (a secret named OPENAI_API_KEY with notebook access switched on), else None."""
-    value = os.environ.get(KEY_NAME, "").strip()
-    if value:
-        return Secret(value)
-    from persona_lib.colab import in_colab
+    from persona_lib.colab import secret
 
-    if in_colab():
-        from google.colab import userdata  # only exists in Colab
-
-        try:
-            value = (userdata.get(KEY_NAME) or "").strip()
-        except (userdata.SecretNotFoundError, userdata.NotebookAccessError):
-            return None
-        return Secret(value) if value else None
-    return None
+    value = secret(KEY_NAME)
+    return Secret(value) if value else None
 
 
 @dataclass

@@ -15,13 +15,12 @@ Intervals are percentile bootstraps with a seeded generator, so a report is repr
 better on the same prompts" needs. `knowledge_recall` scores key facts of the knowledge set.
 
 The persona classifier is trained on a reserved slice of the shipped conversations that
-adapters never train on (`is_reserved`, `split_reserved`), so it does not grade its own
+adapters never train on (`dataset.is_reserved`, `dataset.split_reserved`), so it does not grade its own
 homework: train.py and the multi-persona code drop those records before training.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,7 +28,17 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from persona_lib.dataset import GENERIC_PHRASES, distinct_n, fold_quotes, normalise, phrase_pattern, words
+from persona_lib.dataset import (
+    GENERIC_PHRASES,
+    RESERVE_SALT,
+    RESERVE_SHARE,
+    distinct_n,
+    fold_quotes,
+    normalise,
+    phrase_pattern,
+    split_reserved,
+    words,
+)
 
 # --------------------------------------------------------------------------- intervals
 
@@ -352,29 +361,6 @@ def recall_difference(base: dict, tuned: dict, *, n_boot: int = N_BOOTSTRAP, see
 
 
 # --------------------------------------------------------------------------- persona classifier
-#
-# The reserved slice: a shipped record is reserved for the classifier when
-#     int(sha256(f"{RESERVE_SALT}:{record_id}").hexdigest()[:8], 16) / 2**32 < RESERVE_SHARE
-# A hash of the id alone, so the rule is the same in every process, whatever the file order,
-# and adding records never moves an existing record in or out of the slice.
-
-RESERVE_SALT = "persona-classifier-v1"
-RESERVE_SHARE = 0.15  # about 32 of TaskMaster's 215 conversations: enough for a char n-gram
-# classifier to tell three personas apart, while adapters keep 85% of the data
-
-
-def is_reserved(record_id: str) -> bool:
-    """True for a shipped record that only the persona classifier may see (never an adapter)."""
-    h = int(hashlib.sha256(f"{RESERVE_SALT}:{record_id}".encode()).hexdigest()[:8], 16)
-    return h / 2**32 < RESERVE_SHARE
-
-
-def split_reserved(records: Sequence[dict]) -> tuple[list[dict], list[dict]]:
-    """(records adapters may train on, records reserved for the persona classifier)."""
-    keep, reserved = [], []
-    for r in records:
-        (reserved if is_reserved(r["id"]) else keep).append(r)
-    return keep, reserved
 
 
 def shipped_personas() -> list[str]:

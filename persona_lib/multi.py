@@ -143,8 +143,7 @@ def conditioning_prompt(slug: str) -> str:
 def training_records(slug: str) -> list[dict]:
     """A persona's shipped conversations minus the slice reserved for the persona classifier
     (the classifier must not grade replies learnt from its own training text)."""
-    from persona_lib.dataset import load_shipped
-    from persona_lib.metrics import split_reserved
+    from persona_lib.dataset import load_shipped, split_reserved
 
     return split_reserved(load_shipped(slug))[0]
 
@@ -410,9 +409,10 @@ def ensure_adapter(folder: str | os.PathLike, config, records: Sequence[dict], *
     "steps" (from the adapter's manifest), "matches" (trained with this config on these
     records), "differs" (what does not match: "data" and the config's fields)}.
     """
+    from persona_lib.dataset import split_for_validation
     from persona_lib.io import read_json
     from persona_lib.pipeline import fingerprint
-    from persona_lib.train import data_hash, split_for_validation, train
+    from persona_lib.train import data_hash, train
 
     folder = Path(folder)
     # train() splits `records` the same way when no validation set is given, so the hashes compare.

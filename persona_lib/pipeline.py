@@ -227,8 +227,8 @@ def persona_records(spec, config: RunConfig, run: Path) -> list[dict]:
 
 def trainable_records(records: list[dict]) -> tuple[list[dict], list[dict], object]:
     """(trainable, reserved for the classifier, dedup report) of a persona's conversations."""
+    from persona_lib.dataset import split_reserved
     from persona_lib.dedup import dedup
-    from persona_lib.metrics import split_reserved
 
     kept, report = dedup(records)
     trainable, reserved = split_reserved(kept)
@@ -321,8 +321,7 @@ def run(config: RunConfig) -> list[StageResult]:
         stage("generate", generate_stage, spec=spec_done.fingerprint, generate=config.generate, smoke=config.smoke)
 
     def data_stage(folder: Path) -> dict:
-        from persona_lib.dataset import dataset_stats
-        from persona_lib.train import split_for_validation
+        from persona_lib.dataset import dataset_stats, split_for_validation
 
         records = persona_records(spec, config, run_folder)
         trainable, reserved, report = trainable_records(records)

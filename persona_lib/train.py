@@ -43,6 +43,7 @@ from typing import Any, Sequence
 
 from persona_lib import io
 from persona_lib.config import Settings
+from persona_lib.dataset import shipped_splits, split_for_validation
 from persona_lib.masking import build_dataset
 from persona_lib.models import COLAB_DEFAULT, EMBEDDED, TINY, load_tokenizer
 from persona_lib.trainer import build_trainer, sft_config, training_callbacks
@@ -432,29 +433,6 @@ def _hardware(cuda: bool) -> dict:
     if cuda:
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def split_for_validation(records: Sequence[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, validation): `fraction` of the records held out, stratified by topic."""
-    from persona_lib.dataset import split_records
-
-    if fraction == 0 or len(records) < 2:
-        return list(records), []
-    parts = split_records(records, fractions=(1 - fraction, fraction, 0.0), seed=seed)
-    return parts["train"], parts["validation"]
-
-
-def shipped_splits(slug: str, validation_fraction: float = 0.1, seed: int = 3407) -> dict[str, list[dict]]:
-    """A shipped persona's training data: {"train", "validation"}, stratified by topic.
-
-    The slice reserved for the persona classifier (`metrics.split_reserved`) is left out, so
-    the classifier never grades replies an adapter learnt from the classifier's own examples.
-    """
-    from persona_lib.dataset import load_shipped
-    from persona_lib.metrics import split_reserved
-
-    train_records, validation = split_for_validation(split_reserved(load_shipped(slug))[0], validation_fraction, seed)
-    return {"train": train_records, "validation": validation}
 
 
 def _run_key(config: TrainConfig, train_hash: str, eval_hash: str) -> dict:

@@ -27,7 +27,7 @@ def test_every_stage_ran_and_wrote_its_artifacts(smoke_run):
     data = io.read_json(smoke_run / "data" / "done.json")["summary"]
     assert data["train"] + data["validation"] + data["reserved_for_classifier"] == data["conversations"]
     train_ids = {r["id"] for r in io.read_jsonl(smoke_run / "data" / "train.jsonl")}
-    from persona_lib.metrics import is_reserved
+    from persona_lib.dataset import is_reserved
 
     assert not any(is_reserved(i) for i in train_ids)  # the classifier's slice never trains an adapter
     assert (smoke_run / "adapter" / "adapter_config.json").is_file()

@@ -438,8 +438,7 @@ def test_dataset_figures_have_data(tmp_path):
 
 def test_lesson_4_trains_on_lesson_2s_split_plus_lesson_3s_conversations(tmp_path):
     from persona_lib import io
-    from persona_lib.dataset import chapter_training_data, load_shipped, split_records
-    from persona_lib.metrics import split_reserved
+    from persona_lib.dataset import chapter_training_data, load_shipped, split_records, split_reserved
 
     shipped = load_shipped("taskmaster")
     none = chapter_training_data(tmp_path, "taskmaster", validation_fraction=0.1, seed=0)

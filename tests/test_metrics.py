@@ -7,10 +7,19 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from persona_lib import metrics
-from persona_lib.metrics import (avoid_phrases, bootstrap_ci, fact_recalled, is_reserved, knowledge_recall,
-                                 opening_stats, paired_bootstrap, recall_difference, self_bleu_scores, split_reserved,
-                                 train_persona_classifier)
+from persona_lib import dataset, metrics
+from persona_lib.dataset import is_reserved, split_reserved
+from persona_lib.metrics import (
+    avoid_phrases,
+    bootstrap_ci,
+    fact_recalled,
+    knowledge_recall,
+    opening_stats,
+    paired_bootstrap,
+    recall_difference,
+    self_bleu_scores,
+    train_persona_classifier,
+)
 from persona_lib.spec import load_spec
 
 
@@ -164,7 +173,7 @@ def test_knowledge_recall_counts_facts_and_pairs_questions():
 def test_the_reserved_slice_is_a_stable_hash_of_the_id():
     ids = [f"tm-{k:04d}" for k in range(3000)]
     share = sum(map(is_reserved, ids)) / len(ids)
-    assert abs(share - metrics.RESERVE_SHARE) < 0.03
+    assert abs(share - dataset.RESERVE_SHARE) < 0.03
     records = [{"id": i} for i in ids[:200]]
     keep, reserved = split_reserved(records)
     shuffled = records[:]
@@ -204,7 +213,7 @@ def test_default_classifier_trains_only_on_the_reserved_slice_of_shipped_data():
         assert clf.trained_on["conversations"][slug] == len(reserved)
     acc = clf.heldout["accuracy"]
     assert acc["n"] == sum(clf.trained_on["replies"].values()) and acc["mean"] > 0.6
-    assert clf.trained_on["reserve_share"] == metrics.RESERVE_SHARE
+    assert clf.trained_on["reserve_share"] == dataset.RESERVE_SHARE
 
 
 HONEST = [  # (reply, says it is an AI, claims an action)

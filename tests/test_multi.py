@@ -5,8 +5,8 @@ import torch
 
 from persona_lib import multi
 from persona_lib.adapters import trained_on
-from persona_lib.dataset import load_shipped
-from persona_lib.metrics import split_reserved, train_persona_classifier
+from persona_lib.dataset import load_shipped, split_reserved
+from persona_lib.metrics import train_persona_classifier
 
 
 def make_adapter(folder, seed: int, r: int = 4):

@@ -235,8 +235,8 @@ def test_target_logits_loss_and_gradients_equal_the_full_vocabulary_loss(tiny_pa
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from persona_lib.models import load_model
     from persona_lib.masking import build_dataset
+    from persona_lib.models import load_model
     from persona_lib.trainer import build_trainer, sft_config
 
     model, tokenizer = load_model("tiny")
@@ -268,8 +268,8 @@ def test_target_logits_loss_and_gradients_equal_the_full_vocabulary_loss(tiny_pa
 
 
 def test_train_persona_trains_the_shipped_split_without_the_classifiers_slice(tiny_path, tmp_path):
-    from persona_lib.metrics import is_reserved
-    from persona_lib.train import shipped_splits, train_persona
+    from persona_lib.dataset import is_reserved, shipped_splits
+    from persona_lib.train import train_persona
 
     splits = shipped_splits("taskmaster")
     assert splits["train"] and splits["validation"]
@@ -304,8 +304,8 @@ def test_lora_matmuls_run_in_bf16_on_bf16_base_weights_and_learn_the_same(tiny_p
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from persona_lib.models import load_model
     from persona_lib.masking import build_dataset
+    from persona_lib.models import load_model
     from persona_lib.trainer import build_trainer, sft_config
 
     model, tokenizer = load_model("tiny", dtype="bfloat16")

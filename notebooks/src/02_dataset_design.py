@@ -140,17 +140,15 @@ plots.duplicate_similarity_histogram(report.candidate_similarities, DEDUP_THRESH
 # First, about 15% of the conversations are set aside for lesson 5's persona classifier,
 # which tells the three voices apart: an adapter must never train on the replies its grader
 # learned from. Which records are reserved depends only on their ids
-# (`metrics.split_reserved`), so every lesson sets aside the same ones.
+# (`dataset.split_reserved`), so every lesson sets aside the same ones.
 #
 # The rest is split so that every topic lands in train, and validation and test take about
 # a tenth each: the loss on validation (lesson 4) and the test scores cover the same topics.
 # The split is deterministic: the same seed gives the same files.
 
 # %%
-from persona_lib import metrics
-
 clean = [r for r in kept if not r["id"].startswith("planted-")]
-trainable, reserved = metrics.split_reserved(clean)
+trainable, reserved = dataset.split_reserved(clean)
 splits = dataset.split_records(trainable, seed=SEED)
 io.write_jsonl(data_dir / "classifier_reserved.jsonl", reserved)
 print(f"{'reserved':>10}: {len(reserved):4d} conversations, for the persona classifier only")

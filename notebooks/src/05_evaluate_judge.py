@@ -89,7 +89,7 @@ print("\n...", messages[0]["content"][-420:])  # and the system message says fen
 # TF-IDF + logistic regression) that says how likely each persona wrote a reply.
 #
 # The classifier must not grade its own homework: it learns from a slice of the shipped
-# conversations that no adapter trains on (`metrics.split_reserved`, a hash of each record's
+# conversations that no adapter trains on (`dataset.split_reserved`, a hash of each record's
 # id), and reports its own cross-validated accuracy.
 
 # %%

@@ -14,7 +14,7 @@ def check(run: Path) -> None:
     data = run / "data"
     splits = {name: read(data / f"{name}.jsonl") for name in ("train", "validation", "test")}
     ids = {name: {r["id"] for r in part} for name, part in splits.items()}
-    from persona_lib.metrics import split_reserved
+    from persona_lib.dataset import split_reserved
 
     shipped = load_shipped("taskmaster")
     trainable, reserved = split_reserved(shipped)
