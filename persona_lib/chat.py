@@ -13,37 +13,6 @@ def with_system(messages: Sequence[Message], system_prompt: str | None) -> list[
     return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + rest
 
 
-def cache_kwargs(model, prompt_len: int, max_new_tokens: int) -> dict:
-    """`generate` keyword arguments for the key/value cache: a static cache made for this call
-    on a CPU when the (padded) prompt is at least as long as the reply; the default otherwise.
-
-    The default dynamic cache grows by `torch.cat` at every step, copying the batch's keys and
-    values each time; a static cache is written in place but attends over all its positions
-    from the first step. A long prompt makes the copy the larger cost, a short one the wasted
-    attention. Side by side on 2 cores (24 TaskMaster prompts, 120 new tokens, the same replies
-    either way; `bench/bench_kv_cache.py --rounds 3`, results/kv_cache.json): without the
-    system prompt (about 60 tokens) static was slower in 2 of 3 rounds, medians 29.0 s dynamic
-    against 30.8 s static; behind the 300-token system prompt static won 2 of 3, medians 62.5 s
-    against 60.8 s, in rounds from 55 s to 97 s. On this shared host the noise is larger than
-    the difference, so the rule rests on the cost model above more than on these figures.
-    The cache is sized for this batch because `cache_implementation="static"` sizes it for the
-    longest call the model has seen, after which short prompts ran 3.5x slower. On a GPU,
-    transformers would compile the model for a static cache (minutes on a T4, and Unsloth has
-    its own fast path), so CUDA keeps the default.
-    """
-    if getattr(getattr(model, "device", None), "type", None) != "cpu" or prompt_len < max_new_tokens:
-        return {}  # a GPU (or a stand-in model without a device), or a short prompt
-    return static_cache(model, prompt_len + max_new_tokens)
-
-
-def static_cache(model, max_cache_len: int) -> dict:
-    """`generate` keyword arguments for a fresh static key/value cache of `max_cache_len` positions."""
-    from transformers import StaticCache
-
-    return {"past_key_values": StaticCache(config=model.config.get_text_config(decoder=True),
-                                           max_cache_len=max_cache_len)}
-
-
 def generate_replies(
     model,
     tokenizer,
@@ -65,6 +34,9 @@ def generate_replies(
     Why 32 by default: decoding one token reads every weight once, so on a CPU a step costs
     about the same for 1 row as for dozens (memory bandwidth, not arithmetic, is the limit).
     24 TaskMaster prompts x 64 tokens on 2 cores: 28.8 s at batch 8, 16.2 s at batch 24.
+    The key/value cache is transformers' default: a static cache sized per batch was measured
+    against it (24 prompts x 120 tokens, 3 alternating rounds, bench/results/kv_cache.json)
+    and was no faster beyond this machine's noise, so the project dropped it.
     """
     import torch
     from tqdm.auto import tqdm
@@ -92,7 +64,6 @@ def generate_replies(
                     do_sample=False,
                     eos_token_id=tokenizer.eos_token_id,
                     pad_token_id=tokenizer.pad_token_id,
-                    **cache_kwargs(model, batch["input_ids"].shape[1], max_new_tokens),
                 )
             new = out[:, batch["input_ids"].shape[1] :]
             for i, text in zip(rows, tokenizer.batch_decode(new, skip_special_tokens=True)):

@@ -18,8 +18,6 @@ def hf_greedy_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
     import torch
     from tqdm.auto import tqdm
 
-    from persona_lib.chat import cache_kwargs
-
     # llama.cpp ends a reply at any end-of-generation token (<|endoftext|> as well as <|im_end|>):
     # cut HF's replies at the same ones, so that a difference is the model's, not the runtime's.
     stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
@@ -31,8 +29,7 @@ def hf_greedy_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
                               add_special_tokens=False).to(model.device)  # as in chat.generate_replies
             with torch.inference_mode():
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                     **cache_kwargs(model, batch["input_ids"].shape[1], max_new_tokens))
+                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
             new_tokens = out[:, batch["input_ids"].shape[1]:]
             for row, mask, new in zip(batch["input_ids"], batch["attention_mask"], new_tokens):
                 prompt_ids.append(row[mask.bool()].tolist())

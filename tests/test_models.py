@@ -137,33 +137,3 @@ def test_batches_go_to_the_models_device(tiny):
     model = OnOtherDevice()
     generate_replies(model, tiny[1], [[{"role": "user", "content": "Hi."}]], max_new_tokens=2, progress=False)
     assert model.seen == [(torch.device("meta"), torch.device("meta"))]
-
-
-def test_static_cache_on_cpu_gives_the_dynamic_caches_replies():
-    """generate_replies asks for a static key/value cache on a CPU (chat.cache_kwargs): it must
-    change the speed only, so its greedy replies equal those of the default dynamic cache, for
-    a left-padded batch of prompts of different lengths. The embedded model, because the tiny
-    random one answers every prompt with the same newlines."""
-    import torch
-
-    from persona_lib.chat import cache_kwargs, generate_replies
-
-    model, tok = models.load_model("embedded")
-    assert type(cache_kwargs(model, 64, 24)["past_key_values"]).__name__ == "StaticCache"
-    assert cache_kwargs(model, 40, 120) == {}  # a short prompt keeps the dynamic cache
-    assert cache_kwargs(type("OnGpu", (), {"device": torch.device("meta")})(), 64, 24) == {}
-    conversations = [[{"role": "user", "content": t}] for t in
-                     ("Hi.", "My week: gym on Monday, a report due Wednesday, the dentist on Thursday. Plan it.")]
-    static = generate_replies(model, tok, conversations, max_new_tokens=24, progress=False)  # SmolLM2's
-    # template adds its default system prompt, so these prompts are longer than 24 tokens
-    side, tok.padding_side = tok.padding_side, "left"
-    try:
-        texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
-        batch = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            out = model.generate(**batch, max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_token_id,
-                                 pad_token_id=tok.pad_token_id)
-    finally:
-        tok.padding_side = side
-    dynamic = [t.strip() for t in tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
-    assert all(static) and static == dynamic
