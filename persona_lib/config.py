@@ -72,7 +72,11 @@ class Settings:
 
     @classmethod
     def field_docs(cls) -> dict[str, str]:
-        """Each field's why-comment (the text after `  # ` on its line), read from the source."""
+        """Each field's why-comment (the text after `  # ` on its line), read from the source.
+
+        Kept over `field(metadata={"help": ...})`, the form transformers' HfArgumentParser
+        reads: that would wrap every field of every config in a call, and the configs are read
+        by learners as they stand (lesson 4 prints TrainConfig's fields with these comments)."""
         import ast
         import inspect
         import textwrap

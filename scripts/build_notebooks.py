@@ -12,6 +12,10 @@ committed notebook differs from what this script builds.
 Source format: cells start with `# %%` (code) or `# %% [markdown]` (markdown lines are
 comments); `# %% parameters` is the tagged parameters cell; `# %% install [NEED ...]` stands
 for the install cell with what the lesson needs beyond the library (persona_lib.colab.NEEDS).
+
+Why not jupytext: it would parse the same percent format, but the install-cell expansion, the
+badge, the parameters tag, the metadata and the stable cell ids would still be written here,
+so it would add a dependency while saving only the 30-line `parse`.
 """
 
 from __future__ import annotations
