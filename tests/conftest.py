@@ -10,6 +10,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest
 
 
+def pytest_sessionstart(session):
+    import time
+
+    session.started_at = time.time()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With PERSONA_LAB_TEST_REPORT=FILE, write the run's size and time there as JSON (the
+    README's test-suite figure comes from such a file, kept in bench/results/)."""
+    path = os.environ.get("PERSONA_LAB_TEST_REPORT")
+    if not path:
+        return
+    import platform
+    import time
+
+    from persona_lib.io import write_json
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    counts = {k: len(v) for k, v in (reporter.stats.items() if reporter else []) if k in
+              ("passed", "failed", "skipped", "error", "xfailed", "xpassed")}
+    write_json(path, {"what": "the README's test command (pytest with the repository's settings)",
+                      "collected": session.testscollected, "outcomes": counts, "exit_status": int(exitstatus),
+                      "seconds": round(time.time() - session.started_at, 1),
+                      "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()}})
+
+
 @pytest.fixture(scope="session")
 def tiny_path() -> str:
     from persona_lib.models import resolve
