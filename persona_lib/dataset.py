@@ -384,6 +384,30 @@ def load_shipped(slug: str, *, tokenizer=None, max_tokens: int | None = None) ->
     return load_records(data_dir() / f"{slug}.jsonl", slug, tokenizer=tokenizer, max_tokens=max_tokens)
 
 
+YOURS = "conversations.jsonl"  # <run>/data/: the learner's own conversations, as lesson 2 saved them
+
+
+def persona_conversations(slug: str, *, data: str | os.PathLike = "", run: str | os.PathLike | None = None,
+                          required: bool = True) -> tuple[list[dict], str]:
+    """A persona's conversations and where they came from, in words: `data` (a JSONL file in
+    this project's format or the plain `{"messages": [...]}` chat format), else the copy lesson
+    2 saved in the run folder (`<run>/data/conversations.jsonl`), else the shipped file of a
+    shipped persona. A new persona without any: [] when not `required`, else a ValueError
+    that says how to bring or generate some."""
+    if data:
+        return load_records(data, persona=slug, personas=[slug]), f"your file {data}"
+    saved = Path(run) / "data" / YOURS if run is not None else None
+    if saved is not None and saved.is_file():
+        return load_records(saved, persona=slug, personas=[slug]), f"your conversations ({saved})"
+    if (data_dir() / f"{slug}.jsonl").is_file():
+        return load_shipped(slug), f"the shipped {slug} conversations"
+    if not required:
+        return [], "none yet"
+    raise ValueError(f"no conversations for {slug!r}: it is not a shipped persona. Give a JSONL file of "
+                     "conversations (one {\"messages\": [...]} per line is enough) as DATA in lesson 2, "
+                     "or generate them in lesson 3")
+
+
 def _load_checked(path: Path, check, persona: str | None = None) -> list[dict]:
     """Read a JSONL eval file, check each record with `check(rec) -> [(rule, message)]`."""
     items, problems = _read_objects(path, MAX_LINE_BYTES)
@@ -672,8 +696,9 @@ def chapter_training_data(run: str | os.PathLike, slug: str, *, validation_fract
       the validation curve and lesson 5 use the conversations lesson 2 set aside; the
       conversations lesson 3 generated (in `data/merged.jsonl`, in none of lesson 2's files)
       join the training set;
-    - else lesson 3's `data/merged.jsonl`, else the shipped data, split here (the classifier's
-      reserved slice left out, `validation_fraction` held out).
+    - else lesson 3's `data/merged.jsonl`, else the persona's conversations
+      (`persona_conversations`: your file from lesson 2, or the shipped data), split here (the
+      classifier's reserved slice left out, `validation_fraction` held out).
 
     Returns {"train", "validation", "source"} (the source in words, for the notebook to print).
     """
@@ -690,11 +715,14 @@ def chapter_training_data(run: str | os.PathLike, slug: str, *, validation_fract
         source = (f"lesson 2's split ({len(train)} train, {len(validation)} validation)"
                   + (f" + {len(added)} from lesson 3" if added else ""))
         return {"train": train + added, "validation": validation, "source": source}
-    records = load_records(merged, persona=slug) if merged.is_file() else load_shipped(slug)
+    if merged.is_file():
+        records, source = load_records(merged, persona=slug), "lesson 3's merged data"
+    else:
+        records, source = persona_conversations(slug, run=run)
+        source += " (lesson 2 not run)"
     records, _ = split_reserved(records)
     train, validation = split_for_validation(records, validation_fraction, seed)
-    return {"train": train, "validation": validation,
-            "source": "lesson 3's merged data" if merged.is_file() else "the shipped data (lesson 2 not run)"}
+    return {"train": train, "validation": validation, "source": source}
 
 
 def split_records(records: Sequence[dict], *, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),

@@ -39,7 +39,8 @@ def write_figures(folder: Path, spec: PersonaSpec, report: dict) -> dict[str, st
     figs = {}
     measures = {LABELS[s]: {"signature rate": systems[s]["signature_rate"], "generic rate": systems[s]["generic_rate"],
                             "avoided rate": systems[s]["avoided_rate"],
-                            f"P({spec.slug})": systems[s]["persona_probability"]} for s in systems}
+                            **({f"P({spec.slug})": systems[s]["persona_probability"]}
+                               if "persona_probability" in systems[s] else {})} for s in systems}
     plots.interval_bars(measures, ylabel="share of replies / probability", ylim=(0, 1),
                         title=f"{spec.name}: deterministic persona measures (95% CI)",
                         path=folder / "persona_measures.png")
@@ -58,9 +59,10 @@ def write_figures(folder: Path, spec: PersonaSpec, report: dict) -> dict[str, st
     lengths = {LABELS[s]: report["per_reply"][s]["words"] for s in systems}
     plots.length_boxplot(lengths, unit="words", path=folder / "lengths.png")
     figs["lengths"] = "figures/lengths.png"
-    plots.persona_probability_heatmap({LABELS[s]: systems[s]["persona_distribution"] for s in systems},
-                                      path=folder / "persona_probabilities.png")
-    figs["persona_probabilities"] = "figures/persona_probabilities.png"
+    if all("persona_distribution" in systems[s] for s in systems):  # the classifier knows the persona
+        plots.persona_probability_heatmap({LABELS[s]: systems[s]["persona_distribution"] for s in systems},
+                                          path=folder / "persona_probabilities.png")
+        figs["persona_probabilities"] = "figures/persona_probabilities.png"
     if report["drift"]:
         plots.drift_lines({LABELS[s]: [t["persona_probability"] for t in d["per_turn"]]
                            for s, d in report["drift"].items()},

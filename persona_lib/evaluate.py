@@ -43,7 +43,7 @@ from persona_lib import adapters, io, metrics, paths
 from persona_lib.config import Settings
 from persona_lib.dataset import load_honesty
 from persona_lib.eval_report import LABELS, write_outputs
-from persona_lib.spec import PersonaSpec, load_spec, system_prompt
+from persona_lib.spec import PersonaSpec, load_spec, spec_to_dict, system_prompt
 
 SYSTEMS = ("base", "base_prompted", "tuned", "tuned_prompted")
 HEADLINE = ("base_prompted", "tuned")  # the comparison the persona-consistency target is decided on
@@ -341,10 +341,17 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
     by_kind = {s: _by_kind(measures[s]["per_reply"], kinds, ci) for s in systems}
     reference = reference_replies(spec.slug)
     ref_div = metrics.reference_diversity(reference, len(prompts), draws=config.reference_draws, seed=config.seed)
-    prob = {s: measures[s]["per_reply"]["persona_probability"] for s in systems}
+    # The classifier's probability where it knows the persona; a persona of the learner's own
+    # (not among its labels) is compared on the signature-phrase rate instead, and says so.
+    known = spec.slug in classifier.labels
+    per = "persona_probability" if known else "signature"
+    prob = {s: measures[s]["per_reply"][per] for s in systems}
     paired = {f"{b}_vs_{a}": metrics.paired_bootstrap(prob[a], prob[b], **ci)
               for a, b in (("base_prompted", "tuned"), ("base", "tuned"), ("base_prompted", "tuned_prompted"))
               if a in prob and b in prob}
+    if not known:
+        sets["notes"].append(f"the persona classifier knows {', '.join(classifier.labels)}, not {spec.slug}: "
+                             "persona consistency is the signature-phrase rate, tuned vs base + prompt")
     base_recall = metrics.knowledge_recall(knowledge, knowledge_answers["base"])
     tuned_recall = metrics.knowledge_recall(knowledge, knowledge_answers["tuned"])
     recall_diff = metrics.recall_difference(base_recall, tuned_recall, **ci)
@@ -353,10 +360,12 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
 
     # ---- the judge, then the targets
     judge_report = run_judge(judge, second_judge, spec, prompts, answers, dialogues, drift_replies, drift, out, config)
-    targets = decide_targets(measures["tuned"], ref_div, paired, judge_report, base_recall, tuned_recall, recall_diff)
+    targets = decide_targets(measures["tuned"], ref_div, paired, judge_report, base_recall, tuned_recall, recall_diff,
+                             classifier_measure="persona-classifier probability" if known else "signature-phrase rate")
 
     report = {
         "persona": spec.slug, "name": spec.name, "base_model": base_id, "adapter": str(adapter_dir),
+        "spec": spec_to_dict(spec),  # what every measure and the judge's rubric were read from
         "config": config.to_dict(),
         "notes": sets["notes"] + ([] if config.drift_systems else ["drift not measured (drift_systems is empty)"]),
         "prompts": {"n": len(prompts), "ids": [p["id"] for p in prompts], "kinds": dict(Counter(kinds))},
@@ -419,7 +428,7 @@ def _by_kind(per_reply: dict, kinds: list[str], ci: dict) -> dict:
     keys = (("persona_probability", "persona_probability"), ("signature_rate", "signature"),
             ("generic_rate", "generic"), ("avoided_rate", "avoided"))
     return {kind: {name: metrics.bootstrap_ci([v for v, k in zip(per_reply[key], kinds) if k == kind], **ci)
-                   for name, key in keys}
+                   for name, key in keys if key in per_reply}
             for kind in KINDS if kind in kinds}
 
 
@@ -500,7 +509,8 @@ def judge_informative(judge_report: dict) -> tuple[bool, str]:
 
 
 def decide_targets(tuned: dict, reference_diversity: dict, paired: dict, judge_report: dict, base_recall: dict,
-                   tuned_recall: dict, recall_diff: dict) -> dict:
+                   tuned_recall: dict, recall_diff: dict, *,
+                   classifier_measure: str = "persona-classifier probability") -> dict:
     """The issue's three targets, each decided on an interval (or, for diversity, a ratio at
     equal size). Persona consistency is decided by the judge's overall score when the judge
     is informative (`judge_informative`), else by the persona classifier's probability; both
@@ -509,7 +519,7 @@ def decide_targets(tuned: dict, reference_diversity: dict, paired: dict, judge_r
     by_classifier = paired["tuned_vs_base_prompted"]
     by_judge = judge_report.get("paired_overall", {}).get("tuned_vs_base_prompted")
     measure, diff = (("judge overall score (1-5)", by_judge) if use_judge
-                     else ("persona-classifier probability", by_classifier))
+                     else (classifier_measure, by_classifier))
     ref_d2 = reference_diversity.get("distinct_2", {}).get("mean")
     ratio = tuned["diversity"]["distinct_2"] / ref_d2 if ref_d2 else None
     return {

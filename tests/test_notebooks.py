@@ -102,3 +102,50 @@ def test_notebook_runs_in_smoke_mode(nb, tmp_path, shared_runs, tiny_path):
     if any("plots." in source(c) for c in cells(nb)):
         outputs = [o for c in executed["cells"] for o in c.get("outputs", [])]
         assert any("image/png" in o.get("data", {}) for o in outputs), f"{nb.name} draws figures but none displayed"
+
+
+OWN = ROOT / "tests" / "data" / "own_persona"  # a persona the project does not ship, as a learner writes one
+
+
+def test_a_persona_of_your_own_runs_through_the_chapter_and_lesson_1_edits_reach_the_end(tmp_path):
+    """Chef Rosa (a spec and 24 conversations in the plain {"messages": [...]} format) through all
+    seven notebooks in smoke mode, in one run folder. After lesson 1, the spec is edited as the
+    form's Save would write it (a new signature phrase, a rubric level reworded); lessons 4, 5
+    and 7 must work from the edited spec, and lesson 4 must train on lesson 2's split."""
+    import papermill
+
+    from persona_lib.io import read_jsonl
+    from persona_lib.spec import load_spec, save_spec
+
+    runs = tmp_path / "runs"
+
+    def lesson(number: str, **parameters):
+        nb = next(p for p in NOTEBOOKS if p.name.startswith(number))
+        papermill.execute_notebook(str(nb), str(tmp_path / nb.name),
+                                   parameters={"SMOKE": True, "RUNS_ROOT": str(runs), **parameters},
+                                   cwd=str(tmp_path), progress_bar=False, kernel_name="python3")
+
+    lesson("01", PERSONA=str(OWN / "chef_rosa.yaml"))
+    run = runs / "chef_rosa"
+    saved = run / "spec" / "spec.yaml"
+    spec = load_spec(saved)
+    spec.signature_vocabulary.append("low and slow")
+    spec.traits[0].levels[5] = "Like a friend at the stove, who laughs with you about the burnt toast."
+    save_spec(spec, saved)
+
+    lesson("02", DATA=str(OWN / "conversations.jsonl"))
+    mine = read_jsonl(run / "data" / "conversations.jsonl")
+    assert len(mine) == 24 and {r["persona"] for r in mine} == {"chef_rosa"}
+    for number in ("03", "04", "05", "06", "07"):
+        lesson(number)
+
+    manifest = json.loads((run / "adapter" / "manifest.json").read_text())
+    assert manifest["data"]["train_examples"] == len(read_jsonl(run / "data" / "train.jsonl"))  # lesson 2's split
+    style = json.loads((run / "adapter" / "style_check.json").read_text())
+    assert "low and slow" in style["signature_vocabulary"]
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert report["persona"] == "chef_rosa" and "low and slow" in report["spec"]["signature_vocabulary"]
+    assert report["spec"]["traits"][0]["levels"]["5"].endswith("burnt toast.")
+    assert all(i.startswith("chef_rosa-") for i in report["prompts"]["ids"])  # the spec's own questions
+    export = json.loads((run / "export" / "summary.json").read_text())
+    assert export["persona"] == "chef_rosa" and "low and slow" in export["signature_vocabulary"]

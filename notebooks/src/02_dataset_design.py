@@ -16,6 +16,7 @@
 # %% parameters
 SMOKE = False  # True: CI's quick run (same data, the tiny model's tokenizer, which is the same one)
 PERSONA = ""  # empty: the persona you saved in lesson 1 (else TaskMaster); or a shipped slug or a YAML path
+DATA = ""  # your conversations as JSONL (this project's format, or just {"messages": [...]} per line); empty: the shipped ones
 MODEL = ""  # whose tokenizer measures lengths; empty: the embedded SmolLM2 (the tiny model shares it)
 RUNS_ROOT = ""  # empty: Google Drive in Colab, ./runs elsewhere
 MAX_TOKENS = 512  # the training sequence length of lesson 4: longer examples would be cut off
@@ -25,7 +26,7 @@ SEED = 0  # the split is deterministic for a given seed
 # %%
 from pathlib import Path
 
-from persona_lib import colab, dataset, dedup, io, models, paths, plots
+from persona_lib import colab, dataset, dedup, io, models, plots
 from persona_lib.spec import chapter_spec
 
 runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
@@ -56,9 +57,11 @@ print(f"run folder: {run}")
 # message (the voice should live in the weights), a `topic` and a `source`.
 
 # %%
-records = dataset.load_records(paths.data_dir() / f"{spec.slug}.jsonl", persona=spec.slug)
+records, source = dataset.persona_conversations(spec.slug, data=DATA, run=run)
+if DATA:  # the later lessons read your conversations from the run folder
+    io.write_jsonl(data_dir / dataset.YOURS, records)
 example = records[0]
-print(f"{len(records)} conversations; the first one:\n")
+print(f"{len(records)} conversations from {source}; the first one:\n")
 for m in example["messages"]:
     print(f"{m['role']:>9}: {m['content']}")
 

@@ -3,15 +3,15 @@
 #
 # **What you will build:** a batch of new TaskMaster conversations written by a teacher model,
 # checked one by one as they arrive (valid structure, no generic assistant voice, no near-copies
-# of the data you already have), then merged with the shipped conversations into the training
-# set lesson 4 fine-tunes on. You will see how a generation prompt is designed for a *voice*, what
+# of the data you already have), then merged with the conversations you have (the shipped
+# ones, or your own from lesson 2) into the training set lesson 4 fine-tunes on. You will see how a generation prompt is designed for a *voice*, what
 # structured output buys you, and what a quality report of a batch says.
 #
 # **Time:** about 30 minutes; 200 examples through OpenAI take 2-3 minutes and cost about ten
 # cents with `gpt-4o-mini`. **Hardware:** no GPU needed. **Key:** with an OpenAI API key (in
 # Colab: the key icon on the left, a secret named `OPENAI_API_KEY` with notebook access on) the
 # notebook uses OpenAI. Without one it says so, writes a few examples through a local llama.cpp
-# server running the small embedded model, and carries on with the shipped data.
+# server running the small embedded model, and carries on with the data you already have.
 #
 # **What it leaves behind** in `runs/taskmaster/data/`: `generated.jsonl` (the accepted
 # conversations) with its ledger and `generated.report.json` (the quality report),
@@ -40,9 +40,8 @@ from persona_lib.spec import chapter_spec
 runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
 spec, run = chapter_spec(PERSONA, runs_root)  # lesson 1's spec, if you ran it; else the shipped one
 data = run / "data"
-shipped = dataset.load_shipped(spec.slug)
-print(f"run folder: {run}\nspec: {spec.name}; "
-      f"{len(shipped)} shipped conversations")
+existing, source = dataset.persona_conversations(spec.slug, run=run, required=False)  # shipped, or yours
+print(f"run folder: {run}\nspec: {spec.name}; {len(existing)} conversations so far ({source})")
 
 # %% [markdown]
 # ## Designing a generation prompt for a voice
@@ -99,7 +98,7 @@ print("OpenAI dialect:", llm.response_format(schema, "json_schema")["type"],
 # Every reply goes through a gate before it is kept: parse (a broken JSON reply gets up to two
 # re-asks), the dataset's record rules from lesson 2, a filter for the generic assistant voice
 # ("As an AI language model", "I hope this helps"), a length cap, and near-duplicate search
-# against the shipped data and everything kept so far. A kept record is appended to
+# against the data you already have and everything kept so far. A kept record is appended to
 # `generated.jsonl` the moment it arrives; rejected ones go to the ledger with their reason.
 # Requests run eight at a time, with retries and backoff on rate limits and server errors.
 #
@@ -117,7 +116,7 @@ print(f"{config.n} examples, up to {config.max_tokens} tokens each, {config.conc
 # %%
 output = data / "generated.jsonl"
 with llm.connect(OPENAI_MODEL) as endpoint:  # OpenAI with a key; else the local llama.cpp server
-    result = generate.run(spec, endpoint, output, config, against=shipped)
+    result = generate.run(spec, endpoint, output, config, against=existing)
 report = result.report
 print(f"\n{report['accepted_total']} records in {output.name}; this run kept {report['accepted_this_run']}, "
       f"rejected {report['rejected_this_run']}, request failures {report['failed_this_run']}")
@@ -140,30 +139,30 @@ for record in result.records[:3]:
 
 # %%
 vocab = report["vocabulary"]
-shipped_stats = dataset.dataset_stats(shipped, signature_vocabulary={spec.slug: spec.signature_vocabulary})
-shipped_coverage = shipped_stats["personas"][spec.slug]["signature_coverage"]
+existing_stats = dataset.dataset_stats(existing, signature_vocabulary={spec.slug: spec.signature_vocabulary})
+existing_coverage = existing_stats["personas"][spec.slug]["signature_coverage"] if existing else None
 print(f"acceptance {report['acceptance_rate']:.0%}, near-duplicate rate {report['near_duplicate_rate']:.0%}, "
       f"generic-voice rate {report['generic_rate']:.0%}, distinct-2 {report['distinct_2']:.2f}")
 print(f"signature phrases used: {vocab['phrases_used']} of {vocab['phrases']}; "
       f"replies with one: {vocab['replies_with_a_phrase']:.0%}")
-plots.generation_report_figure(report, baseline_coverage=shipped_coverage, path=data / "generation_report.png")
+plots.generation_report_figure(report, baseline_coverage=existing_coverage, path=data / "generation_report.png")
 
 # %% [markdown]
-# ## Merge with the shipped data
+# ## Merge with the data you have
 #
-# The generated records were already deduplicated against the shipped set at the gate, so the
+# The generated records were already deduplicated against the existing set at the gate, so the
 # merge is a concatenation validated as a whole. Conversations from the local 135M model are a
 # demonstration of the path, not training data: without a key the training set stays the
-# shipped conversations alone.
+# conversations you already had (for a persona of your own with none yet, generate with a key).
 
 # %%
 keep = result.records if key else []
-merged = generate.merge(shipped, keep, data / "merged.jsonl")
+merged = generate.merge(existing, keep, data / "merged.jsonl")
 stats = dataset.dataset_stats(merged)
-print(f"merged.jsonl: {len(merged)} conversations ({len(shipped)} shipped + {len(keep)} generated), "
+print(f"merged.jsonl: {len(merged)} conversations ({len(existing)} existing + {len(keep)} generated), "
       f"{stats['multi_turn_share']:.0%} multi-turn, {len(stats['topics'])} topics")
 if not key:
-    print("No OpenAI key: training continues with the shipped data (set OPENAI_API_KEY and rerun for 200 more).")
+    print(f"No OpenAI key: training continues with {source} (set OPENAI_API_KEY and rerun for 200 more).")
 
 # %% [markdown]
 # ## Large runs: the Batch API
@@ -182,7 +181,7 @@ batch_file = generate.write_batch_file(spec, OPENAI_MODEL, data / "batch_input.j
 first = json.loads(batch_file.read_text().splitlines()[0])
 print(f"{batch_file}: {len(batch_file.read_text().splitlines())} requests; the first is {first['custom_id']}")
 print(generate.estimate(spec, batch_config, llm.Endpoint.compatible(llm.OPENAI_BASE_URL, OPENAI_MODEL),
-                        against=shipped, done=len(result.records), batch=True))
+                        against=existing, done=len(result.records), batch=True))
 
 # %% [markdown]
 # ## Update your skill
@@ -203,7 +202,7 @@ print(skillfirst.fill(runs_root, "L03", skillfirst.draft(run, "L03")))
 # - `data/generated.jsonl`: accepted conversations, each with a deterministic id and its source
 #   model; `generated.ledger.jsonl` says what happened to every item and what it cost.
 # - `data/generated.report.json` and `generation_report.png`: the batch's quality report.
-# - `data/merged.jsonl`: shipped + generated, validated: lesson 4 trains on it.
+# - `data/merged.jsonl`: existing + generated, validated: lesson 4 trains on it.
 #
 # **Success criterion met:** *Create 200 or more persona-consistent training examples*.
 # **Skill updated:** the "Dataset creation patterns" section of

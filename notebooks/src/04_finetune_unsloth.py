@@ -198,7 +198,8 @@ for name, replies in (("before", before), ("after", after)):
     style[name] = {"signature_rate": sum(flags) / len(flags), "distinct_2": dataset.distinct_n(replies, 2)}
     print(f"{name:<7} signature phrases in {100 * style[name]['signature_rate']:.0f}% of replies, "
           f"distinct-2 {style[name]['distinct_2']:.2f}")
-saved = io.write_json(adapter_dir / "style_check.json", {"prompts": len(rows), **style})
+saved = io.write_json(adapter_dir / "style_check.json",
+                      {"prompts": len(rows), "signature_vocabulary": spec.signature_vocabulary, **style})
 
 # %% [markdown]
 # ## How many examples, and which rank?

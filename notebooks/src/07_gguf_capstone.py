@@ -278,7 +278,8 @@ if HUB_REPO:
 summary = {"persona": spec.slug, "model": model_id, "adapter": str(adapter), "adapter_trained": trained,
            "files": {p.name: p.stat().st_size for p in [f16, *quantized.values(), base_f16, *loras.values()]},
            "tensor_types": types, "chat_check": check, "switched": switched, "served": served,
-           "parity": parity["systems"], "modelfiles": list(files), "ollama": commands}
+           "parity": parity["systems"], "signature_vocabulary": spec.signature_vocabulary,
+           "modelfiles": list(files), "ollama": commands}
 io.write_json(out / "summary.json", summary)
 kept = export.keep([ship, *loras.values(), out / "Modelfile", out / "Modelfile.adapter", out / "tensor_types.png",
                     out / "parity.json", out / "parity.jsonl", out / "summary.json"], run / "export")
