@@ -442,7 +442,7 @@ def test_lesson_4_trains_on_lesson_2s_split_plus_lesson_3s_conversations(tmp_pat
 
     shipped = load_shipped("taskmaster")
     none = chapter_training_data(tmp_path, "taskmaster", validation_fraction=0.1, seed=0)
-    assert none["source"].startswith("the shipped data") and len(none["train"]) + len(none["validation"]) < len(shipped)
+    assert none["source"].startswith("the shipped taskmaster conversations") and len(none["train"]) + len(none["validation"]) < len(shipped)
     trainable, reserved = split_reserved(shipped)
     splits = split_records(trainable, seed=3)
     for name, part in {**splits, "classifier_reserved": reserved}.items():
