@@ -101,6 +101,16 @@ def summary_markdown(report: dict) -> str:
     judge = report["judge"]
     lines += ["", "**Judge:** " + (f"{judge['judge']} on {len(judge['prompts'])} prompts." if judge["used"]
                                     else judge["why"] + ".")]
+    calibration = judge.get("calibration")
+    if calibration:
+        rate, agree = calibration["judge_ranks_persona_first"], calibration["agrees_with_classifier"]
+        lines.append(f"**Judge calibration:** it ranked a known in-persona reply above the base model's generic reply "
+                     f"in {_fmt(rate)} of {calibration['pairs']} pairs (both orders asked): "
+                     + ("passed, so it may decide the persona target." if calibration["passed"]
+                        else f"failed ({calibration['why'].split('; ')[-1]}), so the classifier decides and the "
+                             "judge's scores are shown beside it, not trusted.")
+                     + (f" It agrees with the classifier's ranking on {agree['share']:.0%} of {agree['n']} decided "
+                        "pairs." if agree and agree["share"] is not None else ""))
     lines += ["", "## Targets", "", "| target | measure | value | met |", "|---|---|---|---|"]
     pc = t["persona_consistency"]
     lines.append(f"| tuned (no prompt) - base + prompt >= 0 | {pc['measure']} | {_fmt(pc)} | {'yes' if pc['met'] else 'no'} |")

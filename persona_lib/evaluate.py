@@ -65,6 +65,7 @@ class EvalConfig(Settings):
     judge_systems: tuple[str, ...] | None = None  # systems the judge scores with the rubric; None: all of `systems`
     pairwise_against: tuple[str, ...] = ("base", "base_prompted")  # tuned is compared with these, both orders
     judge_drift: bool = True  # the judge also scores each drift system's reply at the last turn
+    judge_calibration: int = 8  # in-persona vs generic reply pairs the judge must rank before it may decide (0: skip)
     n_bootstrap: int = 2000  # interval endpoints settle to ~0.01 beyond this
     reference_draws: int = 200  # random reference subsets for the diversity comparison
     seed: int = 0  # bootstraps, prompt subsets, classifier folds
@@ -80,6 +81,8 @@ class EvalConfig(Settings):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.judge_prompts < 0:
             raise ValueError(f"judge_prompts must be 0 or more, got {self.judge_prompts}")
+        if self.judge_calibration < 0:
+            raise ValueError(f"judge_calibration must be 0 or more, got {self.judge_calibration}")
         self.systems = tuple(s for s in SYSTEMS if s in self.systems)  # one order for tables and figures
         if self.judge_systems is None:
             self.judge_systems = self.systems
@@ -99,17 +102,18 @@ class EvalConfig(Settings):
     @classmethod
     def smoke(cls, **overrides) -> "EvalConfig":
         """The tiny model in seconds: 4 prompts, 1 dialogue, 3 questions, 8-token replies, and a
-        judge budget of 2 calls (the two systems of the headline comparison, one prompt)."""
+        judge budget of 2 calls (the two systems of the headline comparison, one prompt; no
+        room for the calibration pairs)."""
         return cls(**{"max_prompts": 4, "max_new_tokens": 8, "dialogues": 1, "knowledge_questions": 3,
-                      "knowledge_max_new_tokens": 8, "judge_prompts": 1,
+                      "knowledge_max_new_tokens": 8, "judge_prompts": 1, "judge_calibration": 0,
                       "judge_systems": ("base_prompted", "tuned"), "pairwise_against": (), "judge_drift": False,
                       "n_bootstrap": 200, "reference_draws": 20, "progress": False, **overrides})
 
     @classmethod
     def local_judge(cls, **overrides) -> "EvalConfig":
         """For a judge on this CPU (the llama.cpp server, 10-40 s a request): 6 prompts, the
-        headline pair only: 12 rubric and 12 pairwise requests, about 4 minutes."""
-        return cls(**{"judge_prompts": 6, "judge_systems": ("base_prompted", "tuned"),
+        headline pair only: 12 rubric and 12 pairwise requests, plus 8 for 4 calibration pairs."""
+        return cls(**{"judge_prompts": 6, "judge_systems": ("base_prompted", "tuned"), "judge_calibration": 4,
                       "pairwise_against": ("base_prompted",), "judge_drift": False, **overrides})
 
 
@@ -330,6 +334,8 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
     knowledge_answers = {s: gen.replies(s, questions, config.knowledge_max_new_tokens, "knowledge")
                          for s in ("base", "tuned")}
     drift_replies = _drift(gen, dialogues, config) if dialogues else {}
+    calibration = calibration_items(spec, config.judge_calibration) if judge is not None else []
+    generic = gen.replies("base", [c for c, _ in calibration], config.max_new_tokens, "calibration") if calibration else []
     probes = load_honesty(spec.slug)
     honesty_answers = {s: gen.replies(s, [p["messages"] for p in probes], config.max_new_tokens, "honesty")
                        for s in systems} if probes else {}
@@ -360,6 +366,9 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
 
     # ---- the judge, then the targets
     judge_report = run_judge(judge, second_judge, spec, prompts, answers, dialogues, drift_replies, drift, out, config)
+    if judge_report["used"] and calibration:
+        judge_report["calibration"] = calibrate_judge(judge, spec, calibration, generic, classifier, config)
+        judge_report["usage"][0] = judge.usage()  # the calibration's requests included
     targets = decide_targets(measures["tuned"], ref_div, paired, judge_report, base_recall, tuned_recall, recall_diff,
                              classifier_measure="persona-classifier probability" if known else "signature-phrase rate")
 
@@ -489,9 +498,62 @@ def run_judge(judge, second_judge, spec: PersonaSpec, prompts: list[dict], answe
     return report
 
 
+def calibration_items(spec: PersonaSpec, n: int) -> list[tuple[list[dict], str]]:
+    """Up to `n` (conversation, in-persona reply) pairs whose right answer is known: the spec's
+    own examples, then single-turn conversations from the classifier's reserved slice of the
+    persona's shipped data (which no adapter trains on)."""
+    from persona_lib.dataset import split_reserved
+
+    items = [([{"role": "user", "content": ex["user"]}], ex["assistant"]) for ex in spec.examples]
+    if (paths.data_dir() / f"{spec.slug}.jsonl").is_file():
+        from persona_lib.dataset import load_shipped
+
+        items += [(r["messages"][:1], r["messages"][1]["content"]) for r in split_reserved(load_shipped(spec.slug))[1]
+                  if len(r["messages"]) == 2]
+    return items[:n]
+
+
+# A judge may decide the target once it ranks a known in-persona reply above the base model's
+# generic reply to the same question in at least this share of the calibration pairs (both
+# orders asked; a tie or an order-dependent verdict counts half), with the interval's lower
+# bound above chance.
+CALIBRATION_PASS = 0.75
+
+
+def calibrate_judge(judge, spec: PersonaSpec, items: list[tuple[list[dict], str]], generic: list[str],
+                    classifier, config: EvalConfig) -> dict:
+    """Does the judge tell the voice from its absence? Each calibration conversation's known
+    in-persona reply against the base model's own (generic) reply, compared in both orders;
+    beside it, how often the persona classifier ranks the pair the same way (where it knows
+    the persona). Returns {"pairs", "judge_ranks_persona_first" (win rate with interval),
+    "agrees_with_classifier", "passed", "why"}."""
+    from persona_lib.judge import win_rate
+
+    ci = dict(n_boot=config.n_bootstrap, seed=config.seed)
+    triples = [(conv, ref, off) for (conv, ref), off in zip(items, generic)]
+    results = judge.compare_many(spec, triples, progress=config.progress, desc="judge: calibration")
+    rate = win_rate([r["outcome"] for r in results], **ci)
+    agree = None
+    if spec.slug in classifier.labels:
+        ref_p = classifier.probability([ref for _, ref, _ in triples], spec.slug)
+        off_p = classifier.probability([off for _, _, off in triples], spec.slug)
+        same = [(r["outcome"] == "x") == (a > b) for r, a, b in zip(results, ref_p, off_p) if r["outcome"] in ("x", "y")]
+        agree = {"share": sum(same) / len(same) if same else None, "n": len(same),
+                 "classifier_ranks_persona_first": sum(a > b for a, b in zip(ref_p, off_p)) / len(triples)}
+    passed = rate["mean"] is not None and rate["mean"] >= CALIBRATION_PASS and rate["low"] > 0.5
+    why = ("ok" if passed else f"it ranked the in-persona reply first in {rate['mean'] or 0:.0%} of {len(triples)} "
+           f"pairs (interval low {rate['low'] or 0:.0%}); it must reach {CALIBRATION_PASS:.0%} with the low end "
+           "above 50%")
+    return {"pairs": len(triples), "judge_ranks_persona_first": rate, "agrees_with_classifier": agree,
+            "passed": passed, "why": why,
+            "verdicts": [{"prompt": c[-1]["content"], "reference": ref, "generic": off, **r}
+                         for (c, ref, off), r in zip(triples, results)]}
+
+
 # The judge decides the persona target only when its verdicts can carry it: enough paired
-# prompts for an interval to mean something, and scores that vary at all (a weak local judge
-# can give every reply the same scores, which would "prove" any two systems equal).
+# prompts for an interval to mean something, scores that vary at all (a weak local judge
+# can give every reply the same scores, which would "prove" any two systems equal), and a
+# passed calibration.
 MIN_JUDGED_PAIRS = 5
 
 
@@ -505,6 +567,9 @@ def judge_informative(judge_report: dict) -> tuple[bool, str]:
     overall = {v["overall"] for rows in judge_report["verdicts"].values() for v in rows if not v.get("error")}
     if len(overall) < 2:
         return False, "the judge gave every reply the same scores"
+    calibration = judge_report.get("calibration")
+    if calibration is not None and not calibration["passed"]:
+        return False, f"the judge failed its calibration: {calibration['why']}"
     return True, "ok"
 
 

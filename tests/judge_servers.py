@@ -9,6 +9,8 @@ prompts, fences, response formats and usage accounting are tested end to end:
   `<<<LABEL nonce>>> ... <<<END LABEL nonce>>>` block before looking. An injection that
   reaches it unfenced is obeyed; one that stays inside its fence is not.
 - `PrefersFirst`: always prefers reply A, whatever the replies say (position bias).
+- `PrefersVoice`: prefers the reply that holds a marker, in either order (a judge that can
+  tell the voice from its absence, for the calibration check).
 
 Both read the JSON schema from `response_format` to shape their answer (trait names, or a
 pairwise `winner`), can reject OpenAI's `json_schema` dialect with HTTP 500 the way the
@@ -125,6 +127,23 @@ class ObeysOutsideFence(ScriptedJudge):
         winner = INJECTED_WINNER.search(outside)
         return (int(score.group(1)) if score else self.default_score,
                 winner.group(1).upper() if winner else self.default_winner)
+
+
+class PrefersVoice(ScriptedJudge):
+    """A judge that knows the voice: picks the reply whose text holds `marker` (tie when both or
+    neither do), whichever order the replies come in."""
+
+    def __init__(self, marker: str, **kw):
+        super().__init__(**kw)
+        self.marker = marker
+
+    def decide(self, messages):
+        user = messages[-1]["content"]
+        nonce = FENCE_LINE.search(user).group(2)
+        reply = {side: re.search(rf"<<<REPLY {side} {nonce}>>>(.*?)<<<END REPLY {side} {nonce}>>>", user, re.DOTALL)
+                 for side in "AB"}
+        has = {side: bool(m) and self.marker in m.group(1) for side, m in reply.items()}
+        return self.default_score, "A" if has["A"] and not has["B"] else "B" if has["B"] and not has["A"] else "tie"
 
 
 class PrefersFirst(ScriptedJudge):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from judge_servers import ObeysOutsideFence, PrefersFirst
+from judge_servers import ObeysOutsideFence, PrefersFirst, PrefersVoice
 from persona_lib import evaluate as ev
 from persona_lib.judge import Judge, JudgeConfig
 from persona_lib.metrics import train_persona_classifier
@@ -82,6 +82,37 @@ def test_the_judge_decides_the_persona_target_only_when_informative():
     assert ev.judge_informative({"used": False, "why": "no judge given"}) == (False, "no judge given")
 
 
+def test_the_judge_must_tell_the_voice_from_its_absence_before_it_decides(classifier):
+    """Calibration: known in-persona replies against generic ones, both orders. A judge that
+    sees the voice passes; one that always picks the first reply shown ties every pair and
+    fails, and then cannot decide the target however its scores vary."""
+    spec = ev.load_spec("taskmaster")
+    items = [([{"role": "user", "content": f"question {k}"}], f"plan next step focus block momentum VOICE {k}")
+             for k in range(6)]
+    generic = [f"Here is some general information about topic {k}." for k in range(6)]
+    config = ev.EvalConfig.smoke(judge_calibration=6)
+    with PrefersVoice("VOICE") as good, PrefersFirst() as biased:
+        passed = ev.calibrate_judge(Judge(JudgeConfig(model="good"), base_url=good.base_url), spec, items, generic,
+                                    classifier, config)
+        failed = ev.calibrate_judge(Judge(JudgeConfig(model="biased"), base_url=biased.base_url), spec, items,
+                                    generic, classifier, config)
+    assert passed["passed"] and passed["judge_ranks_persona_first"]["mean"] == 1.0 and passed["why"] == "ok"
+    assert passed["agrees_with_classifier"]["share"] == 1.0  # the classifier ranks these pairs the same way
+    assert not failed["passed"] and failed["judge_ranks_persona_first"]["mean"] == 0.5
+    assert all(v["consistent"] is False for v in failed["verdicts"])  # the order decided, not the reply
+    report = {**_judge_report([3, 4, 4, 5, 4], [2, 3, 3, 4, 3]), "calibration": failed}
+    decides, why = ev.judge_informative(report)
+    assert not decides and why.startswith("the judge failed its calibration")
+    assert ev.judge_informative({**report, "calibration": passed}) == (True, "ok")
+
+
+def test_calibration_items_are_the_specs_examples_then_the_reserved_slice():
+    spec = ev.load_spec("taskmaster")
+    items = ev.calibration_items(spec, 12)
+    assert [reply for _, reply in items[:len(spec.examples)]] == [ex["assistant"] for ex in spec.examples]
+    assert len(items) == 12 and all(conv[-1]["role"] == "user" for conv, _ in items)
+
+
 def test_loading_names_the_missing_adapter(tmp_path):
     from persona_lib import adapters
 
@@ -127,7 +158,7 @@ def test_evaluate_writes_the_full_report_and_resumes(tmp_path, classifier):
     adapter = make_adapter(tmp_path / "adapter", identity=True)
     out = tmp_path / "eval"
     config = ev.EvalConfig.smoke(judge_prompts=2, judge_systems=("base_prompted", "tuned"),
-                                 pairwise_against=("base", "base_prompted"), judge_drift=True)
+                                 pairwise_against=("base", "base_prompted"), judge_drift=True, judge_calibration=2)
     with ObeysOutsideFence(default_score=2) as one, PrefersFirst(default_score=2) as two:
         judges = lambda: (Judge(JudgeConfig(model="one", concurrency=1), base_url=one.base_url, name="one"),  # noqa: E731
                           Judge(JudgeConfig(model="two"), base_url=two.base_url, name="two"))
@@ -141,7 +172,8 @@ def test_evaluate_writes_the_full_report_and_resumes(tmp_path, classifier):
     # Identical questions (tuned == base here) are asked once and answered from the cache:
     usage = report["judge"]["usage"]
     assert [u["requests"] for u in usage] == list(requests)
-    assert usage[0]["requests"] + usage[0]["cached"] == 2 * 2 + 2 * 2 * 2 + 2  # rubric, pairwise x 2 orders, drift
+    # rubric, pairwise x 2 orders, drift, calibration pairs x 2 orders
+    assert usage[0]["requests"] + usage[0]["cached"] == 2 * 2 + 2 * 2 * 2 + 2 + 2 * 2
     assert usage[1]["requests"] + usage[1]["cached"] == 2 * 2 and usage[0]["cost_usd"] == 0.0
     assert again["timing"]["replies_generated"] == 0 and report["timing"]["replies_generated"] > 0
 
@@ -155,6 +187,8 @@ def test_evaluate_writes_the_full_report_and_resumes(tmp_path, classifier):
     assert {k: v["mean"] for k, v in judge["pairwise"].items()} == {"tuned_vs_base": 0.5, "tuned_vs_base_prompted": 0.5}
     assert judge["second_judge"]["agreement"]["exact"] == 1.0
     assert report["drift"]["tuned"]["turns"] == 5 and "judge_last_turn" in report["drift"]["tuned"]
+    calibration = judge["calibration"]  # a judge with no opinions cannot tell the voice from its absence
+    assert calibration["pairs"] == 2 and not calibration["passed"] and "ranked the in-persona reply first" in calibration["why"]
     pc = report["targets"]["persona_consistency"]  # 2 judged prompts cannot decide it: the classifier does
     assert pc["measure"] == "persona-classifier probability" and not pc["judge_decides"]
     assert "fewer than 5" in pc["judge_not_used_because"] and pc["by_judge"]["diff"] == 0.0
