@@ -179,3 +179,82 @@ def summary_markdown(report: dict) -> str:
                          f"{d['survival_rate']:.0%} of {d['dialogues']} |")
     lines += ["", "## Figures", ""] + [f"![{name}]({path})" for name, path in report.get("figures", {}).items()]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- reading replies side by side
+
+
+def side_by_side(out: str | Path, n: int = 4) -> list[dict]:
+    """Up to `n` held-out prompts with the base model's reply (with the persona prompt) and the
+    tuned model's (without), each with the classifier's probability of the persona and, where
+    the judge ran, its overall score, per-trait rationales and the order-swapped pairwise
+    verdict. The judged prompts come first; without a judge, the first `n` prompts."""
+    out = Path(out)
+    report = io.read_json(out / "report.json")
+    answers = {row["id"]: row for row in io.read_jsonl(out / "answers.jsonl")}
+    ids = report["prompts"]["ids"]
+    judge = report["judge"]
+    judged = judge.get("prompts", []) if judge["used"] else []
+    order = [*judged, *[i for i in ids if i not in judged]][:n]
+    probability = {s: dict(zip(ids, report["per_reply"][s].get("persona_probability", [])))
+                   for s in ("base_prompted", "tuned") if s in report["per_reply"]}
+    verdicts = {s: {v["id"]: v for v in judge.get("verdicts", {}).get(s, [])} for s in ("base_prompted", "tuned")}
+    pairwise = {v["id"]: v for v in judge.get("pairwise", {}).get("tuned_vs_base_prompted", {}).get("verdicts", [])}
+    rows = []
+    for pid in order:
+        row = {"id": pid, "prompt": answers[pid]["prompt"]}
+        for s in ("base_prompted", "tuned"):
+            v = verdicts[s].get(pid, {})
+            row[s] = {"reply": answers[pid][s], "persona_probability": probability.get(s, {}).get(pid),
+                      "judge_overall": v.get("overall"), "judge_rationales": v.get("rationales")}
+        p = pairwise.get(pid)
+        row["judge_pick"] = ({"x": "tuned", "y": "base_prompted", "tie": "tie"}.get(p["outcome"]) if p else None)
+        row["judge_order_consistent"] = p["consistent"] if p else None
+        rows.append(row)
+    return rows
+
+
+def side_by_side_markdown(rows: list[dict]) -> str:
+    """The rows of `side_by_side` as Markdown: each prompt, the two replies, and what the
+    classifier and the judge said of each."""
+    def said(r: dict) -> str:
+        parts = []
+        if r["persona_probability"] is not None:
+            parts.append(f"classifier P(persona) {r['persona_probability']:.2f}")
+        if r["judge_overall"] is not None:
+            parts.append(f"judge overall {r['judge_overall']:.1f}")
+            parts += [f"{trait}: {why}" for trait, why in (r["judge_rationales"] or {}).items()]
+        return "; ".join(parts) or "no judge, classifier not trained on this persona"
+
+    blocks = []
+    for row in rows:
+        pick = {"tuned": "the tuned reply", "base_prompted": "the base reply", "tie": "a tie"}.get(row["judge_pick"])
+        verdict = (f"**Judge, asked in both orders:** {pick}" + ("" if row["judge_order_consistent"] else
+                   " (its two answers disagreed: the order decided, so this counts as a tie)")) if pick else ""
+        blocks.append("\n\n".join(filter(None, [
+            f"### {row['id']}\n\n**User:** {row['prompt']}",
+            f"**Base + persona prompt:** {row['base_prompted']['reply']}\n\n*{said(row['base_prompted'])}*",
+            f"**Tuned, no prompt:** {row['tuned']['reply']}\n\n*{said(row['tuned'])}*",
+            verdict])))
+    return "\n\n---\n\n".join(blocks)
+
+
+def learner_agreement(picks: dict[str, str], rows: list[dict]) -> dict:
+    """How the learner's blind picks ({prompt id: "tuned" | "base_prompted" | "tie"}) agree with
+    the judge's order-swapped verdict and with the classifier (the reply with the higher
+    probability of the persona), over the prompts where each had a preference."""
+    by_id = {row["id"]: row for row in rows}
+
+    def share(other: dict[str, str]) -> dict:
+        both = [pid for pid, pick in picks.items() if pick != "tie" and other.get(pid) not in (None, "tie")]
+        same = sum(picks[pid] == other[pid] for pid in both)
+        return {"n": len(both), "agree": same, "share": same / len(both) if both else None}
+
+    judge = {pid: row["judge_pick"] for pid, row in by_id.items()}
+    classifier = {}
+    for pid, row in by_id.items():
+        a, b = row["base_prompted"]["persona_probability"], row["tuned"]["persona_probability"]
+        if a is not None and b is not None:
+            classifier[pid] = "tie" if a == b else ("tuned" if b > a else "base_prompted")
+    return {"picks": len(picks), "tuned_picked": sum(p == "tuned" for p in picks.values()),
+            "with_judge": share(judge), "with_classifier": share(classifier)}

@@ -219,3 +219,69 @@ def spec_editor(spec: PersonaSpec | str | os.PathLike, path: str | os.PathLike |
     shipped spec.
     """
     return SpecEditor(spec if isinstance(spec, PersonaSpec) else load_spec(spec), path)
+
+
+class BlindAB:
+    """The learner as a judge: each prompt's two replies (base + persona prompt, tuned without
+    one) shown as A and B in a seeded random order, three buttons to pick the more in-character
+    one or a tie, and the next prompt. `picks` holds {prompt id: "tuned" | "base_prompted" |
+    "tie"}; `results()` compares them with the judge and the classifier
+    (`eval_report.learner_agreement`). The order is hidden until every prompt is picked."""
+
+    CHOICES = (("A is more in character", "A"), ("B is more in character", "B"), ("Tie", "tie"))
+
+    def __init__(self, rows: list[dict], seed: int = 0):
+        import random
+
+        import ipywidgets as w
+
+        rng = random.Random(seed)
+        self.rows = rows
+        self.tuned_is_a = {row["id"]: rng.random() < 0.5 for row in rows}
+        self.picks: dict[str, str] = {}
+        self.index = 0
+        self.prompt, self.reply_a, self.reply_b, self.progress = w.HTML(), w.HTML(), w.HTML(), w.HTML()
+        self.buttons = []
+        for label, choice in self.CHOICES:
+            button = w.Button(description=label, layout=w.Layout(width="220px"))
+            button.on_click(lambda _, choice=choice: self.pick(choice))
+            self.buttons.append(button)
+        self.widget = w.VBox([self.progress, self.prompt, self.reply_a, self.reply_b, w.HBox(self.buttons)])
+        self._show()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    def pick(self, choice: str) -> None:
+        """Record "A", "B" or "tie" for the prompt on show, then show the next one."""
+        if self.index >= len(self.rows):
+            return
+        row = self.rows[self.index]
+        tuned_is_a = self.tuned_is_a[row["id"]]
+        self.picks[row["id"]] = ("tie" if choice == "tie" else
+                                 "tuned" if (choice == "A") == tuned_is_a else "base_prompted")
+        self.index += 1
+        self._show()
+
+    def _show(self) -> None:
+        n = len(self.rows)
+        if self.index >= n:
+            for button in self.buttons:
+                button.disabled = True
+            picked = sum(p == "tuned" for p in self.picks.values())
+            self.progress.value = f"<b>Done: you picked the tuned reply {picked} times of {n}.</b> Run the next cell."
+            self.prompt.value = self.reply_a.value = self.reply_b.value = ""
+            return
+        row = self.rows[self.index]
+        a, b = ("tuned", "base_prompted") if self.tuned_is_a[row["id"]] else ("base_prompted", "tuned")
+        self.progress.value = f"<b>Prompt {self.index + 1} of {n}</b>"
+        self.prompt.value = f"<p><b>User:</b> {html.escape(row['prompt'])}</p>"
+        self.reply_a.value = f"<p><b>A:</b> {html.escape(row[a]['reply'])}</p>"
+        self.reply_b.value = f"<p><b>B:</b> {html.escape(row[b]['reply'])}</p>"
+
+    def results(self) -> dict:
+        from persona_lib.eval_report import learner_agreement
+
+        return learner_agreement(self.picks, self.rows)

@@ -30,7 +30,7 @@ JUDGE_PROMPTS = 0  # prompts the judge sees; 0: 12 with OpenAI (~$0.02), 6 with 
 # %%
 from pathlib import Path
 
-from persona_lib import adapters, colab, evaluate, metrics
+from persona_lib import adapters, colab, eval_report, evaluate, metrics, widgets
 from persona_lib.spec import chapter_spec
 
 runs_root = Path(RUNS_ROOT) if RUNS_ROOT else colab.drive_runs_root()
@@ -136,8 +136,12 @@ for name, target in report["targets"].items():
 # should drop by at most 2 percentage points; output diversity should stay within 10% of the
 # reference replies'. Look at the base model's recall too: if it is near zero, "no drop" means
 # nothing (a floor effect). The judge decides the persona target only when it scored at least
-# five prompt pairs and its scores vary at all; otherwise the persona classifier decides, and
-# the summary says why.
+# five prompt pairs, its scores vary at all, and it passed its **calibration**: on questions
+# whose in-persona answer is known (the spec's examples and the classifier's reserved
+# conversations) it must rank that answer above the base model's generic one, asked in both
+# orders, in at least three pairs of four with the interval's low end above chance. Otherwise
+# the persona classifier decides, the judge's scores sit beside it, labelled, and the summary
+# says why. A 135M judge judging its own family rarely passes; that is the check working.
 
 # %%
 from IPython.display import Image, Markdown, display
@@ -160,6 +164,44 @@ display(Markdown((run / "eval" / "summary.md").read_text().split("## Figures")[0
 for name, path in report["figures"].items():
     print(name)
     display(Image(filename=str(run / "eval" / path)))
+
+# %% [markdown]
+# ## Read the replies, with the verdicts beside them
+#
+# Numbers summarise; replies persuade. Here are a few held-out prompts with the base model's
+# reply (with the persona prompt) and the tuned model's (without one), each with the
+# classifier's probability of the persona and, when a judge ran, its overall score, the
+# rationale it gave for each trait, and its pairwise verdict asked in both orders. A verdict
+# that flips with the order is position bias, and counts as a tie.
+
+# %%
+rows = eval_report.side_by_side(run / "eval", n=4)
+display(Markdown(eval_report.side_by_side_markdown(rows)))
+
+# %% [markdown]
+# ## Judge them yourself, blind
+#
+# Now you are the judge. The widget shows each prompt's two replies as A and B in a random
+# order, without saying which model wrote which; pick the one that sounds more like the
+# persona (or a tie). When you have picked them all, run the next cell: it unmasks the order
+# and compares your picks with the judge's and the classifier's. If you disagree with both,
+# read the rubric again: either your rubric or your judge needs work. (In a run without
+# clicks, such as CI's, the next cell says there is nothing to compare yet.)
+
+# %%
+blind = widgets.BlindAB(rows, seed=0)
+blind
+
+# %%
+if blind.picks:
+    mine = blind.results()
+    for other in ("with_judge", "with_classifier"):
+        a = mine[other]
+        print(f"you agree {other.replace('_', ' ')} on {a['agree']} of {a['n']} prompts where both had a preference"
+              if a["n"] else f"{other.replace('_', ' ')}: no prompt where both of you had a preference")
+    print(f"you picked the tuned reply {mine['tuned_picked']} times of {mine['picks']}")
+else:
+    print("no picks yet: pick in the widget above, then run this cell again")
 
 # %% [markdown]
 # ## Lesson 1's "before", now
