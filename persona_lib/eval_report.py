@@ -124,6 +124,11 @@ def summary_markdown(report: dict) -> str:
     ratio = f"{dv['ratio']:.2f}" if dv["ratio"] is not None else "n/a"
     lines.append(f"| diversity within 10% of reference | distinct-2 ratio tuned / reference | {ratio} | "
                  f"{'yes' if dv['met'] else 'no'} |")
+    if kn.get("resolution_pp") is not None:
+        sees = "finer than" if kn["resolution_pp"] <= 2.0 else "coarser than"
+        lines += ["", f"The {report['knowledge']['questions']} knowledge questions resolve a change of about "
+                      f"±{kn['resolution_pp']:.1f} pp (half the interval's width), {sees} the 2 pp drop the target "
+                      "asks about" + ("." if sees == "finer than" else ": a 2 pp drop would go unseen here.")]
     lines += ["", "## Deterministic measures per system", "",
               "| system | signature rate | avoided rate | generic rate | P(persona) | words (mean) | distinct-2 | self-BLEU | top opening share |",
               "|---|---|---|---|---|---|---|---|---|"]

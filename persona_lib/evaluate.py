@@ -597,6 +597,10 @@ def decide_targets(tuned: dict, reference_diversity: dict, paired: dict, judge_r
             "question": "knowledge recall drops by at most 2 percentage points?",
             "base_recall_percent": base_recall["recall_percent"], "tuned_recall_percent": tuned_recall["recall_percent"],
             **recall_diff, "met": recall_diff["low"] is not None and recall_diff["low"] >= -2.0,
+            # Half the interval's width: the smallest change this question set can tell from noise.
+            # (None when base and tuned agree on every question: no spread to read it from).
+            "resolution_pp": ((recall_diff["high"] - recall_diff["low"]) / 2
+                              if recall_diff["low"] is not None and recall_diff["high"] > recall_diff["low"] else None),
             "met_on_point_estimate": recall_diff["diff"] is not None and recall_diff["diff"] >= -2.0},
         "diversity": {
             "question": "tuned output diversity (distinct-2) within 10% of the reference replies' at the same size?",
