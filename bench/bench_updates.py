@@ -31,6 +31,17 @@ from persona_lib.io import read_json, write_json
 RESULTS = Path(__file__).parent / "results"
 
 
+def intervals(rows: list[dict], persona: str) -> dict:
+    """Each row's diagonal with a bootstrap interval over the prompts, and the paired difference
+    of every row against the first (the same prompts answered at both update counts)."""
+    from persona_lib.metrics import bootstrap_ci, paired_bootstrap
+
+    heard = {r["steps"]: [float(x["heard_as"] == persona) for x in r["replies"]] for r in rows}
+    first = rows[0]["steps"]
+    return {"diagonal": {str(k): bootstrap_ci(v) for k, v in heard.items()},
+            f"difference_vs_{first}": {str(k): paired_bootstrap(heard[first], v) for k, v in heard.items() if k != first}}
+
+
 def main(argv=None) -> int:
     from persona_lib import multi
     from persona_lib.metrics import train_persona_classifier
@@ -87,6 +98,7 @@ def main(argv=None) -> int:
         print(f"{name}: {row['steps']} updates, diagonal {row['diagonal']:.2f}, validation loss {row['eval_loss']:.3f}")
     report["prompts"] = len(prompts)
     report["rows"] = rows
+    report["intervals"] = intervals(rows, slug)
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     write_json(results, report)
     print(f"wrote {results}")

@@ -71,10 +71,13 @@ print(f"model: {model_id}\nrun folder: {runs_root}\nthis lesson writes to: {out}
 # and with 26 its adapter hardly spoke pirate. So every persona trains at least
 # `config.min_steps` updates (60: 2.6 epochs for TaskMaster), and the conditioned adapter gets
 # the three minimums together, so that the two designs are compared at an equal budget. A
-# voice far from the base model's needs more: `bench/bench_updates.py` measured Codebeard's
-# bleed diagonal at 0.67 after 60 updates and 0.80 after 120, though its validation loss had
-# stopped falling. So `config.min_steps_by_persona` gives Codebeard 120. If your bleed matrix
-# shows another weak voice, add it there (`MultiConfig(min_steps_by_persona={...})`) and retrain.
+# voice far from the base model's may need more: `bench/bench_updates.py` measured Codebeard's
+# bleed diagonal at 0.67 [0.50, 0.83] after 60 updates and 0.80 [0.67, 0.93] after 120 on the
+# same 30 prompts, though its validation loss had stopped falling. Read the paired difference
+# before you trust the rule: +0.13 [-0.03, +0.33], one run each, so the interval still holds
+# "no gain". `config.min_steps_by_persona` gives Codebeard 120 as the cautious choice (it costs
+# about 15 more CPU minutes), not as a proven need. If your bleed matrix shows another weak
+# voice, add it there (`MultiConfig(min_steps_by_persona={...})`) and retrain.
 
 # %%
 adapters, training = {}, {}
