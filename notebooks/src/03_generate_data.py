@@ -7,8 +7,9 @@
 # ones, or your own from lesson 2) into the training set lesson 4 fine-tunes on. You will see how a generation prompt is designed for a *voice*, what
 # structured output buys you, and what a quality report of a batch says.
 #
-# **Time:** about 30 minutes; 200 examples through OpenAI take 2-3 minutes and cost about ten
-# cents with `gpt-4o-mini`. **Hardware:** no GPU needed. **Key:** with an OpenAI API key (in
+# **Time:** about 30 minutes of reading (an estimate); 200 examples through OpenAI take 2-3
+# minutes and cost about ten cents with `gpt-4o-mini` (an estimate from the price table and
+# the prompt sizes: no key has run it in CI). **Hardware:** no GPU needed. **Key:** with an OpenAI API key (in
 # Colab: the key icon on the left, a secret named `OPENAI_API_KEY` with notebook access on) the
 # notebook uses OpenAI. Without one it says so, writes a few examples through a local llama.cpp
 # server running the small embedded model, and carries on with the data you already have.

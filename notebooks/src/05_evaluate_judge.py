@@ -8,8 +8,9 @@
 # both orders; scripted dialogues test whether the persona survives the fifth turn; a knowledge
 # quiz checks that the voice did not cost the facts.
 #
-# **Time:** about 20 minutes on Colab with an OpenAI key; about 25 minutes on a CPU with the
-# local judge. **Hardware:** Colab's free T4 or any CPU. An OpenAI key (Colab Secrets:
+# **Time:** about 25 minutes on a CPU with the local judge, most of it the 135M judge's
+# requests at 10-40 s each; on Colab with an OpenAI key about 20 minutes (both estimates: this
+# lesson's full run is not yet a committed measurement). **Hardware:** Colab's free T4 or any CPU. An OpenAI key (Colab Secrets:
 # `OPENAI_API_KEY`) makes the judge GPT-4o-mini, for a few cents; without one, a llama.cpp
 # server with the embedded SmolLM2-135M judges, offline and free.
 #
