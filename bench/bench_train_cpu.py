@@ -158,7 +158,9 @@ def throughput(marks: list[tuple[float, int]]) -> dict:
 def category(name: str, shapes: list, rank: int, vocab: int) -> str:
     """Where an operator's time goes: matmuls by their shapes (the LoRA rank, the vocabulary)."""
     dims = {d for shape in shapes if shape for d in shape}
-    if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"):
+    if name == "aten::bmm":  # only attention multiplies batches of matrices (eager: QK^T and PV)
+        return "attention"
+    if name in ("aten::mm", "aten::addmm", "aten::matmul", "aten::linear"):
         return "lm_head_matmul" if vocab in dims else "lora_matmul" if rank in dims else "base_matmul"
     if vocab in dims and ("softmax" in name or "nll" in name or "cross_entropy" in name or name == "aten::fill_"):
         return "loss"

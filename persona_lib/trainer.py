@@ -142,8 +142,13 @@ def _trainer_class():
             hook = causal_lm.base_model.register_forward_hook(lambda module, args, output: hidden.append(output[0]))
             try:
                 with self._lora_in_bf16(model):
+                    # One position's logits, asked for by index: an index gathers a contiguous
+                    # (batch, 1, hidden) copy that the LM head multiplies as one matrix, where the
+                    # slice `logits_to_keep=1` gives is strided and made torch.matmul expand the
+                    # 49k-row LM head once per conversation (about 0.45 s an update on 2 cores, profiled).
+                    first = torch.zeros(1, dtype=torch.long, device=inputs["input_ids"].device)
                     model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False,
-                          logits_to_keep=1)
+                          logits_to_keep=first)
             finally:
                 hook.remove()
             target = inputs["labels"][:, 1:]
