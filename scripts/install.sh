@@ -41,6 +41,12 @@ if [[ $requirements == requirements-dev.txt ]] && ! command -v go >/dev/null; th
   { apt-get update -qq && apt-get install -y -qq golang-go >/dev/null; } ||
     echo "   could not install golang-go: the Modelfile template tests will be skipped"
 fi
+if [[ $requirements == requirements-dev.txt ]] && [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+  # tests/test_form_browser.py drives the spec form in JupyterLab with Debian's Chromium.
+  echo "== installing Chromium and its driver from Debian's packages (for the spec form's browser test)"
+  { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } ||
+    echo "   could not install chromium and chromium-driver: the spec form's browser test will be skipped"
+fi
 
 # Build (once per flag set) and install the llama.cpp wheel, replacing one built another way.
 install_llama() {  # $1: auto, portable or baseline
