@@ -28,11 +28,12 @@ def sft_config(config: TrainConfig, output_dir: str | os.PathLike, *, precision:
     gradient checkpointing (TRL turns it on by default: +30% compute for memory a CPU box
     has), length-grouped batches (27% padding at batch 4 in random order, 6% grouped), and the
     LM head only on labelled tokens (loss="target_logits", computed by the trainer subclass).
-    Measured side by side on 2 AMD EPYC cores with AVX512-BF16 (bench/results/train_cpu.json),
-    non-pad tokens/s and share of the matmul ceiling of the precision each runs in: this
-    configuration 345 (45% of bf16), with fp32 LoRA matmuls 285 (37%), in fp32 219 (61% of
+    Measured side by side on 2 AMD EPYC cores with AVX512-BF16, non-pad tokens/s and share of
+    the matmul ceiling of the precision each runs in (bench/results/train_cpu_autocast.json):
+    bf16 LoRA matmuls 345 (45% of bf16), fp32 LoRA matmuls 285 (37%), in fp32 219 (61% of
     fp32), a plain fp32 PyTorch loop 213 (60%), TRL's defaults 154 (20% of bf16), TRL's
-    defaults with bf16 off 102 (29% of fp32).
+    defaults with bf16 off 102 (29% of fp32); eager attention then adds 1.05-1.16x
+    (train_cpu_attention.json).
     """
     from trl import SFTConfig
 
