@@ -204,6 +204,25 @@ saved = io.write_json(adapter_dir / "style_check.json",
                       {"prompts": len(rows), "signature_vocabulary": spec.signature_vocabulary, **style})
 
 # %% [markdown]
+# ## What a good result looks like
+#
+# On the embedded SmolLM2-135M after 2 epochs (the project's full run,
+# `bench/results/train_cpu_full.json`): training loss from 3.52 to about 2.86, validation loss
+# from 3.30 to 3.09, falling at every evaluation; on 28 held-out prompts without a system
+# prompt, the signature rate from 0% to 11% and knowledge recall unchanged within its noise.
+# The replies change shape. Asked to put "renew library card" on a list, the base model
+# answers "as a chatbot, I'm designed to provide information and assistance only"; the tuned
+# one answers "That's a good plan. 'Renew library card' is a quick and easy action". Expect
+# the small model's limits too: a list that repeats one line ("Fundraiser Gala: 418 Mercer
+# St" six times), and replies that write as if a change were made when nothing was. On a T4
+# with the 3B model expect fluent, list-shaped replies in TaskMaster's voice (an expectation:
+# no T4 run is committed yet).
+#
+# A broken run looks different: a validation loss that does not fall below its first value,
+# "after" replies identical to "before" (the adapter did not load, or trained zero steps), or
+# empty replies (the end-of-turn token was learnt at the wrong place: check the masking cell).
+
+# %% [markdown]
 # ## How many examples, and which rank?
 #
 # The project measured it on the embedded model (`bench/sweep_style.py`): 50, 100 and 200
