@@ -11,9 +11,10 @@
 # personas and the conditioned adapter), each a few minutes on a Colab T4. On a 2-core CPU with
 # the embedded SmolLM2-135M the four took 68 minutes together when last measured in full
 # (TaskMaster 6, Codebeard's 120 updates 22, Zen Coder 5, the conditioned adapter's 240 updates
-# 36; `bench/results/multi.json`); training has since run 1.2x faster side by side on a CPU
-# with native bf16 (`bench/results/train_cpu.json`), so plan on about an hour there, and more on
-# a CPU without it. Adapters already in your run folder are reused (lesson 4 left TaskMaster's),
+# 36; `bench/results/multi.json`). Training has since run 1.21x faster side by side on a CPU
+# with native bf16 (`bench/results/train_cpu_autocast.json`), and eager attention added
+# 1.05-1.16x (`train_cpu_attention.json`), so plan on about 50 minutes there (an estimate: the
+# four have not been re-measured together since), and more on a CPU without native bf16. Adapters already in your run folder are reused (lesson 4 left TaskMaster's),
 # and an interrupted run picks up where it stopped: you can stop and come back.
 # **Hardware:** Colab's free T4, or any CPU.
 #
