@@ -28,7 +28,6 @@ same kernel set-up, metrics cell and report (the capability the kernel reports i
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -94,7 +93,6 @@ def notebook(number: str) -> Path:
 def with_metrics_cell(src: Path, dest: Path) -> Path:
     """A copy of the notebook with the metrics cell appended."""
     nb = json.loads(src.read_text())
-    nb = copy.deepcopy(nb)
     nb["cells"].append({"cell_type": "code", "execution_count": None, "id": "rehearsal-metrics", "metadata": {},
                         "outputs": [], "source": METRICS_CELL.strip().splitlines(keepends=True)})
     dest.write_text(json.dumps(nb))
@@ -151,7 +149,7 @@ def rehearse(model: str, lessons, work: Path, *, dry_run: bool) -> dict:
         nb = with_metrics_cell(notebook(number), work / f"{model}-{number}.ipynb")
         parameters = {"SMOKE": dry_run, "RUNS_ROOT": str(runs)}
         if not dry_run:
-            parameters["MODEL"] = model_path(model, work)
+            parameters["MODEL"] = model_path(model)
         start = time.perf_counter()
         error = None
         try:
@@ -172,7 +170,7 @@ def rehearse(model: str, lessons, work: Path, *, dry_run: bool) -> dict:
 _PATHS: dict[str, str] = {}
 
 
-def model_path(model: str, work: Path) -> str:
+def model_path(model: str) -> str:
     if model not in _PATHS:
         from persona_lib.paths import cache_dir
 
