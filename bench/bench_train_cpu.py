@@ -51,13 +51,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from persona_lib.io import write_json
+from persona_lib.llama_build import cpu_model
 
 RESULTS = Path(__file__).parent / "results"
 # The project's own configurations: TrainConfig.cpu() with these changes.
@@ -94,24 +94,12 @@ def matmul_rates() -> dict[str, float]:
     return {"fp32": matmul_gflops(2.0), "bf16": matmul_gflops(2.0, dtype="bfloat16")}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def cpu_flags() -> dict[str, bool]:
-    """The instruction sets that decide CPU training speed (from /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        flags = set(next(line for line in text.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        flags = set()
-    return {name: name in flags for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")}
+    """The instruction sets that decide CPU training speed."""
+    from persona_lib.llama_build import cpu_flags as flags
+
+    have = flags()
+    return {name: name in have for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")}
 
 
 def fresh_model(config, dtype: str = "float32"):
@@ -407,7 +395,7 @@ def speed(args) -> dict:
         "matmul_gflops_peak": {k: round(v, 1) for k, v in peak.items()},
         "ceiling_tokens_per_second": {k: round(v, 1) for k, v in ceiling.items()},
         "train_examples": data.examples, "train_tokens": data.tokens,
-        "cpu": cpu_name(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+        "cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
         "cpu_native_bf16": cpu_has_native_bf16(), "project_precision": project_precision(TrainConfig.cpu()),
         "versions": package_versions(), "configs": results, "ratios": ratios,
         "goal": "project >= 3x baseline on a CPU with native bf16; no slower than it without",
@@ -499,7 +487,7 @@ def full_run(args) -> dict:
         "what": "TrainConfig.cpu() on the embedded model: 2 epochs over the shipped TaskMaster training split at "
                 "max_seq_length 512, per configuration; persona measure and diversity on held-out prompts without "
                 "a system prompt",
-        "cpu": cpu_name(), "cpu_flags": cpu_flags(), "load_average": os.getloadavg(), "goal_seconds": 480,
+        "cpu": cpu_model(), "cpu_flags": cpu_flags(), "load_average": os.getloadavg(), "goal_seconds": 480,
         "learning_rate": TrainConfig.cpu().learning_rate, "data": manifest["data"],
         "prompts": len(prompts), "knowledge_questions": len(knowledge),
         "before": {k: v for k, v in before.items() if k not in ("flags", "recall", "replies")},
