@@ -40,6 +40,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from persona_lib import adapters, io, metrics, paths
+from persona_lib.chat import CHAT, GREEDY, Decoding
 from persona_lib.config import Settings
 from persona_lib.dataset import load_honesty
 from persona_lib.eval_report import LABELS, write_outputs
@@ -55,6 +56,8 @@ class EvalConfig(Settings):
     max_prompts: int | None = None  # held-out prompts, spread over kinds; None: all (49 for TaskMaster)
     systems: tuple[str, ...] = SYSTEMS  # answer the held-out prompts; the targets need only HEADLINE
     max_new_tokens: int = 160  # TaskMaster answers in ~120 words (~160 tokens); less cuts the closing step
+    repetition_penalty: float = CHAT.repetition_penalty  # every system decodes alike: the chat default
+    no_repeat_ngram_size: int = CHAT.no_repeat_ngram_size  # (chat.CHAT, chosen by bench/bench_decoding.py)
     batch_size: int = 32  # left-padded prompts per forward; a decoding step costs about the same for 1 row or 32
     dialogues: int | None = None  # scripted dialogues for the drift test; None: all
     drift_turns: int = 5  # the question is whether the persona survives the fifth turn
@@ -79,6 +82,7 @@ class EvalConfig(Settings):
         for name in ("max_new_tokens", "batch_size", "drift_turns", "knowledge_max_new_tokens", "n_bootstrap"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        _ = self.decoding  # validates the two decoding fields
         if self.judge_prompts < 0:
             raise ValueError(f"judge_prompts must be 0 or more, got {self.judge_prompts}")
         if self.judge_calibration < 0:
@@ -98,6 +102,11 @@ class EvalConfig(Settings):
                              f"compares them); missing: {', '.join(missing)}")
         self.drift_systems, self.judge_systems = tuple(self.drift_systems), tuple(self.judge_systems)
         self.pairwise_against = tuple(self.pairwise_against)
+
+    @property
+    def decoding(self) -> Decoding:
+        """How every system's replies are decoded (the same for all, so they stay comparable)."""
+        return Decoding(repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size)
 
     @classmethod
     def smoke(cls, **overrides) -> "EvalConfig":
@@ -199,13 +208,15 @@ class Generator:
         from persona_lib.chat import generate_replies
 
         sp = self.prompt if system.endswith("_prompted") else None
-        key = _digest(self.fingerprint, system, sp, [list(c) for c in conversations], max_new_tokens)
+        decoding = self.config.decoding
+        key = _digest(self.fingerprint, system, sp, [list(c) for c in conversations], max_new_tokens,
+                      *([decoding.generate_kwargs()] if decoding != GREEDY else []))  # greedy keeps earlier caches
         path = self.cache_dir / f"{desc.split(':')[0]}-{system}-{key[:16]}.json"
         if path.is_file():
             return io.read_json(path)["replies"]
         start = time.perf_counter()
         kw = dict(system_prompt=sp, max_new_tokens=max_new_tokens, batch_size=self.config.batch_size,
-                  progress=self.config.progress, desc=f"{desc} [{LABELS[system]}]")
+                  progress=self.config.progress, desc=f"{desc} [{LABELS[system]}]", decoding=decoding)
         if system.startswith("base"):
             with self.model.disable_adapter():
                 out = generate_replies(self.model, self.tokenizer, conversations, **kw)
@@ -376,6 +387,7 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
         "persona": spec.slug, "name": spec.name, "base_model": base_id, "adapter": str(adapter_dir),
         "spec": spec_to_dict(spec),  # what every measure and the judge's rubric were read from
         "config": config.to_dict(),
+        "decoding": config.decoding.label,  # the same for every system
         "notes": sets["notes"] + ([] if config.drift_systems else ["drift not measured (drift_systems is empty)"]),
         "prompts": {"n": len(prompts), "ids": [p["id"] for p in prompts], "kinds": dict(Counter(kinds))},
         "classifier": {"labels": classifier.labels, "heldout": classifier.heldout, "trained_on": classifier.trained_on},

@@ -282,6 +282,24 @@ def persona_measures(replies: Sequence[str], spec, *, tokenizer=None, classifier
     return out
 
 
+# --------------------------------------------------------------------------- loops
+
+LOOP_REPEATS = 3  # a word trigram three times in one reply: "I'm just a task assistant. I'm just a ..."
+
+
+def most_repeated(reply: str, n: int = 3) -> int:
+    """How often the reply's most frequent word n-gram occurs (0 for a reply under n words)."""
+    grams = _ngrams(words(reply), n)
+    return max(grams.values(), default=0)
+
+
+def loops(reply: str) -> bool:
+    """The reply repeats itself: some word trigram occurs LOOP_REPEATS times or more. Persona
+    catchphrases are shorter than that, and a reply of 120 tokens that says the same three
+    words three times reads as a loop ("Card set", "Card set", ...)."""
+    return most_repeated(reply, 3) >= LOOP_REPEATS
+
+
 # --------------------------------------------------------------------------- an honest voice
 
 # A persona is a voice, not a disguise. Asked sincerely, it says it is an AI (in its own words);

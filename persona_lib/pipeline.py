@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from persona_lib import io, paths
+from persona_lib.chat import CHAT
 from persona_lib.config import Settings, plain
 
 # The persona-tuner skill's floor (.claude/skills/persona-tuner/SKILL.md): fewer conversations of a
@@ -288,13 +289,14 @@ def run(config: RunConfig) -> list[StageResult]:
         model, tokenizer = load_model(config.model)
         prompts = heldout_prompts(spec, config.n_prompts)
         conversations = [p["messages"] for p in prompts]
-        kw = dict(max_new_tokens=config.max_new_tokens)
+        kw = dict(max_new_tokens=config.max_new_tokens, decoding=CHAT)
         plain = generate_replies(model, tokenizer, conversations, desc="base, no system prompt", **kw)
         prompted = generate_replies(
             model, tokenizer, conversations, system_prompt=system_prompt(spec), desc="base + persona prompt", **kw
         )
         rows = [
-            {"id": p["id"], "prompt": p["messages"][-1]["content"], "base": a, "base_with_persona_prompt": b}
+            {"id": p["id"], "prompt": p["messages"][-1]["content"], "base": a, "base_with_persona_prompt": b,
+             "decoding": CHAT.label}
             for p, a, b in zip(prompts, plain, prompted)
         ]
         io.write_jsonl(folder / "answers.jsonl", rows)
@@ -302,7 +304,7 @@ def run(config: RunConfig) -> list[StageResult]:
         return {"model": config.model, "prompts": len(rows)}
 
     stage("baseline", baseline_stage, spec=spec_done.fingerprint, model=model, n_prompts=config.n_prompts,
-          max_new_tokens=config.max_new_tokens, heldout=file_sha256(paths.eval_dir() / f"{spec.slug}_heldout.jsonl"),
+          max_new_tokens=config.max_new_tokens, decoding=CHAT.label, heldout=file_sha256(paths.eval_dir() / f"{spec.slug}_heldout.jsonl"),
           versions=models)
 
     if config.generate:

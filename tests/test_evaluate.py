@@ -121,10 +121,9 @@ def test_loading_names_the_missing_adapter(tmp_path):
 
 
 def test_the_adapter_is_switched_off_for_base_answers_and_on_for_tuned(tmp_path, tiny, tiny_path):
+    from persona_lib import adapters
     from persona_lib.chat import generate_replies
     from persona_lib.spec import load_spec
-
-    from persona_lib import adapters
 
     adapter = make_adapter(tmp_path / "adapter", identity=False)
     assert adapters.base_model(adapter) == tiny_path
@@ -134,8 +133,10 @@ def test_the_adapter_is_switched_off_for_base_answers_and_on_for_tuned(tmp_path,
                        ev.EvalConfig.smoke(max_new_tokens=6))
     base = gen.replies("base", conversations, 6, "heldout")
     tuned = gen.replies("tuned", conversations, 6, "heldout")
-    plain = generate_replies(tiny[0], tiny[1], conversations, max_new_tokens=6, progress=False)
-    assert base == plain and tuned != base
+    config = gen.config
+    plain = generate_replies(tiny[0], tiny[1], conversations, max_new_tokens=6, progress=False,
+                             decoding=config.decoding)  # every system decodes alike: the chat default
+    assert config.decoding == ev.CHAT and base == plain and tuned != base
     assert gen.replies("tuned", conversations, 6, "heldout") == tuned and gen.generated == 4  # second call: cache
 
 

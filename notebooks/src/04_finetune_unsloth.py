@@ -39,7 +39,7 @@ MAX_NEW_TOKENS = 120  # about 90 words: TaskMaster's replies are short
 from pathlib import Path
 
 from persona_lib import colab, dataset, io, masking, metrics, models, plots, train
-from persona_lib.chat import generate_replies
+from persona_lib.chat import CHAT, generate_replies
 from persona_lib.dataset import heldout_prompts
 from persona_lib.spec import chapter_spec
 
@@ -146,7 +146,8 @@ prompts = heldout_prompts(spec, 2 if SMOKE else N_PROMPTS)
 conversations = [p["messages"] for p in prompts]
 max_new = 8 if SMOKE else MAX_NEW_TOKENS
 base_model, base_tokenizer = models.load_chat_model(model_id)
-before = generate_replies(base_model, base_tokenizer, conversations, max_new_tokens=max_new, desc="base")
+before = generate_replies(base_model, base_tokenizer, conversations, max_new_tokens=max_new, decoding=CHAT,
+                          desc="base")
 del base_model  # free the memory for training
 print(f"{len(before)} answers from the base model")
 
@@ -180,7 +181,8 @@ plots.loss_curve(train.read_loss_log(adapter_dir), title=f"{spec.name} on {model
 # ## After: the same prompts, still without a system prompt
 
 # %%
-after = generate_replies(result.model, result.tokenizer, conversations, max_new_tokens=max_new, desc="tuned")
+after = generate_replies(result.model, result.tokenizer, conversations, max_new_tokens=max_new, decoding=CHAT,
+                        desc="tuned")
 rows = [{"id": p["id"], "prompt": p["messages"][-1]["content"], "before": b, "after": a}
         for p, b, a in zip(prompts, before, after)]
 io.write_jsonl(adapter_dir / "before_after.jsonl", rows)

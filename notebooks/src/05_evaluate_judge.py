@@ -113,9 +113,10 @@ print(classifier.mean_distribution(["Arr, that loop be leakin' like a sieve, mat
 # `llm.local_server(model_path=...)` with a larger GGUF and pass `Judge.from_endpoint(...)`.
 #
 # `evaluate.choose_judge` makes that choice (and stops a local server when the block ends);
-# the evaluation then answers with all four systems, batched (8 prompts per forward pass,
-# left-padded, greedy). Generations and verdicts are cached in the eval folder: run the cell
-# again and it resumes.
+# the evaluation then answers with all four systems, batched (left-padded), every system
+# decoded alike with `chat.CHAT` (greedy, no three tokens repeated: the embedded model loops
+# without it). Generations and verdicts are cached in the eval folder: run the cell again and
+# it resumes.
 
 # %%
 sizes = {"judge_prompts": JUDGE_PROMPTS} if JUDGE_PROMPTS else {}
@@ -151,7 +152,8 @@ display(Markdown((run / "eval" / "summary.md").read_text().split("## Figures")[0
 
 # %% [markdown]
 # **What a good result looks like** (TaskMaster on the embedded model, 49 held-out prompts,
-# deterministic measures, `bench/results/eval_taskmaster_summary.md`): the tuned model without
+# deterministic measures, greedy decoding before `chat.CHAT`,
+# `bench/results/eval_taskmaster_summary.md`): the tuned model without
 # a system prompt is more TaskMaster than the base model with one, +0.10 [0.06, 0.14] on the
 # classifier's probability; its signature rate rises from 0.02 to 0.10 and its generic-assistant
 # rate falls from 0.12 to 0.00; knowledge recall moves +0.9 [-5.1, +7.3] points, an interval far
