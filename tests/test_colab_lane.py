@@ -36,8 +36,9 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 HARNESS = ["torch==2.13.0", "papermill==2.7.0", "pytest==9.2.0"]
 
 RUN_NOTEBOOK = """
-import sys, papermill
-papermill.execute_notebook(sys.argv[1], sys.argv[2], parameters={"SMOKE": True, "RUNS_ROOT": ""},
+import json, sys, papermill
+parameters = {"SMOKE": True, "RUNS_ROOT": "", **json.loads(sys.argv[4] if len(sys.argv) > 4 else "{}")}
+papermill.execute_notebook(sys.argv[1], sys.argv[2], parameters=parameters,
                            cwd=sys.argv[3], progress_bar=False, kernel_name="python3")
 """
 
@@ -157,6 +158,19 @@ def test_notebook_runs_in_the_colab_lane(lane, nb):
         assert installed(lane["venv"], "llama-cpp-python") == colab.LLAMA_CPP.split("==")[1]
     # Colab's own versions stay where the project works with them.
     assert installed(lane["venv"], "ipywidgets") == "7.7.1" and installed(lane["venv"], "openai") == "2.54.0"
+
+
+def test_a_persona_of_your_own_runs_through_the_chapter_in_the_lane(lane, tmp_path):
+    """Chef Rosa, as in the CPU lane (tests/nb_checks/own_persona.py), each notebook with its
+    install cell and the default runs folder on the stand-in Drive."""
+    from nb_checks.own_persona import run_chain
+
+    def lesson(number: str, **parameters):
+        nb = next(p for p in NOTEBOOKS if p.name.startswith(number))
+        run([str(lane["venv"] / "bin" / "python"), "-c", RUN_NOTEBOOK, str(nb), str(tmp_path / nb.name),
+             str(lane["where"]), json.dumps(parameters)], env=lane["env"], timeout=1800)
+
+    run_chain(lesson, lane["runs"])
 
 
 def test_the_spec_form_works_with_colabs_ipywidgets(lane):

@@ -29,7 +29,7 @@ N_PROMPTS = 4  # held-out questions for the "before" picture
 from pathlib import Path
 
 from persona_lib import colab, models
-from persona_lib.chat import generate_replies
+from persona_lib.chat import CHAT, generate_replies
 from persona_lib.dataset import heldout_prompts
 from persona_lib.spec import adopt_spec, chapter_spec, load_spec, rubric_text, save_spec, system_prompt, validate_spec
 from persona_lib.widgets import spec_editor
@@ -141,19 +141,35 @@ model, tokenizer = models.load_chat_model(model_id)
 prompts = heldout_prompts(spec, 2 if SMOKE else N_PROMPTS)
 conversations = [p["messages"] for p in prompts]
 max_new = 8 if SMOKE else 120
-plain = generate_replies(model, tokenizer, conversations, max_new_tokens=max_new, desc="base")
-prompted = generate_replies(model, tokenizer, conversations, system_prompt=prompt,
-                            max_new_tokens=max_new, desc="base + persona prompt")
+plain = generate_replies(model, tokenizer, conversations, max_new_tokens=max_new, decoding=CHAT, desc="base")
+prompted = generate_replies(model, tokenizer, conversations, system_prompt=prompt, max_new_tokens=max_new,
+                            decoding=CHAT, desc="base + persona prompt")
 for p, a, b in zip(prompts, plain, prompted):
     print(f"USER: {p['messages'][-1]['content']}\n  base:           {a}\n  persona prompt: {b}\n")
 
 # %%
 from persona_lib import io
 
-before = [{"id": p["id"], "prompt": p["messages"][-1]["content"], "model": model_id,
+before = [{"id": p["id"], "prompt": p["messages"][-1]["content"], "model": model_id, "decoding": CHAT.label,
            "base": a, "base_with_persona_prompt": b} for p, a, b in zip(prompts, plain, prompted)]
 io.write_jsonl(run / "spec" / "before.jsonl", before)
 print(f"saved {len(before)} answers to {run / 'spec' / 'before.jsonl'}")
+
+# %% [markdown]
+# ## What a good result looks like
+#
+# On the embedded SmolLM2-135M the prompted base model talks about tasks but not in
+# TaskMaster's voice: "I'm sorry for any confusion. I'm here to help you plan your next task.
+# I'll make sure to keep your list updated..." (`bench/results/decoding.json`, 28 held-out
+# prompts: signature phrases in 7% of its replies). Without the prompt it answers as a generic
+# chatbot. That gap is what lesson 4 closes. These replies are decoded with `chat.CHAT`: no
+# three tokens repeated. Plain greedy decoding made 89% of the prompted replies loop ("I'm just
+# a task assistant" over and over); with the guard, 4% do. A 3B model on a T4 writes fluent
+# replies that already sound like an assistant with a brief; the voice is still the prompt's,
+# not the model's (an expectation: no T4 run is committed yet).
+#
+# Something is wrong if the spec cell lists problems you did not expect, the system prompt is
+# missing a trait you wrote, or a reply is empty.
 
 # %% [markdown]
 # ## What you have now

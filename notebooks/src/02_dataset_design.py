@@ -166,6 +166,23 @@ io.write_json(data_dir / "stats.json", {**summary, "dedup_dropped": [d.id for d 
                                          "splits": {k: len(v) for k, v in splits.items()}, "seed": SEED})
 
 # %% [markdown]
+# ## What a good result looks like
+#
+# A full run of this notebook on the shipped TaskMaster file, with the embedded model's
+# tokenizer (the numbers come from the file itself, and a test recomputes them): 241
+# conversations with 329 replies, 37% multi-turn, 17 topics; tokens per example median 205,
+# 95th percentile 373, longest 486, so nothing is cut at 512; distinct-2 over the replies 0.66;
+# generic-assistant phrasing in 0.0% of replies; every signature phrase in 6 to 7% of replies,
+# none dominating. The two planted copies are dropped and nothing else is. The split: 42
+# reserved for the classifier, then 165 train, 17 validation, 17 test, every topic in train.
+# Smoke mode counts tokens with the tiny model's tokenizer, so its lengths differ.
+#
+# A dataset in trouble looks different: problems listed by the validation cell, a 95th
+# percentile near the sequence length (replies get cut mid-sentence), one phrase in a third of
+# the replies (the model learns to stuff it), a topic bar far below the others, or a dedup
+# cell that drops real records (raise DEDUP_THRESHOLD, and read the pairs it dropped).
+
+# %% [markdown]
 # ## Update your skill
 #
 # Your own persona-tuner skill (written in lesson 1, in `skill-first/` beside your run folders) has a
