@@ -677,11 +677,20 @@ def is_reserved(record_id: str) -> bool:
     return h / 2**32 < RESERVE_SHARE
 
 
+def shipped_personas() -> list[str]:
+    """Slugs with a shipped training file persona_data/<slug>.jsonl."""
+    return sorted(p.stem for p in data_dir().glob("*.jsonl"))
+
+
 def split_reserved(records: Sequence[dict]) -> tuple[list[dict], list[dict]]:
-    """(records adapters may train on, records reserved for the persona classifier)."""
+    """(records adapters may train on, records reserved for the persona classifier).
+
+    Only a shipped persona's records can be reserved: the classifier learns from those alone,
+    so the conversations of a persona of your own all stay available for training."""
+    shipped = set(shipped_personas())
     keep, reserved = [], []
     for r in records:
-        (reserved if is_reserved(r["id"]) else keep).append(r)
+        (reserved if r.get("persona", "") in shipped and is_reserved(r["id"]) else keep).append(r)
     return keep, reserved
 
 

@@ -36,6 +36,7 @@ from persona_lib.dataset import (
     fold_quotes,
     normalise,
     phrase_pattern,
+    shipped_personas,
     split_reserved,
     words,
 )
@@ -379,13 +380,6 @@ def recall_difference(base: dict, tuned: dict, *, n_boot: int = N_BOOTSTRAP, see
 
 
 # --------------------------------------------------------------------------- persona classifier
-
-
-def shipped_personas() -> list[str]:
-    """Slugs with a shipped training file persona_data/<slug>.jsonl."""
-    from persona_lib.paths import data_dir
-
-    return sorted(p.stem for p in data_dir().glob("*.jsonl"))
 
 
 @dataclass

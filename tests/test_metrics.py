@@ -174,8 +174,10 @@ def test_the_reserved_slice_is_a_stable_hash_of_the_id():
     ids = [f"tm-{k:04d}" for k in range(3000)]
     share = sum(map(is_reserved, ids)) / len(ids)
     assert abs(share - dataset.RESERVE_SHARE) < 0.03
-    records = [{"id": i} for i in ids[:200]]
+    records = [{"id": i, "persona": "taskmaster"} for i in ids[:200]]
     keep, reserved = split_reserved(records)
+    own = [{**r, "persona": "chef_rosa"} for r in records]  # the classifier never learns a persona of your own
+    assert split_reserved(own) == (own, [])
     shuffled = records[:]
     random.Random(0).shuffle(shuffled)
     assert {r["id"] for r in split_reserved(shuffled)[1]} == {r["id"] for r in reserved}  # order-free

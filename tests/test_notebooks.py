@@ -145,3 +145,68 @@ def test_a_persona_of_your_own_runs_through_the_chapter_and_lesson_1_edits_reach
                                    cwd=str(tmp_path), progress_bar=False, kernel_name="python3")
 
     run_chain(lesson, runs)
+
+
+CONVERTER_AS_LLAMA_BPE = '''import runpy, sys
+REAL = {real!r}
+sys.path.insert(0, REAL)
+from conversion import base
+# The fixture's vocabulary is its own, so llama.cpp's table of known tokenizer hashes cannot name
+# it; it is built with Llama 3's split, which llama.cpp calls "llama-bpe".
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "llama-bpe"
+sys.argv[0] = REAL + "/convert_hf_to_gguf.py"
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+def llama_bpe_cache(where: Path) -> Path:
+    """A persona-lab cache like this machine's (links to its models, wheels and converter) whose
+    `convert_hf_to_gguf.py` declares the fixture's tokenizer to be llama-bpe."""
+    from persona_lib import export
+    from persona_lib.paths import cache_dir
+
+    real_converter = export.converter_dir()
+    where.mkdir()
+    for entry in cache_dir().iterdir():
+        if entry != real_converter:
+            (where / entry.name).symlink_to(entry)
+    converter = where / real_converter.name
+    converter.mkdir()
+    for entry in real_converter.iterdir():
+        if entry.name != "convert_hf_to_gguf.py":
+            (converter / entry.name).symlink_to(entry)
+    (converter / "convert_hf_to_gguf.py").write_text(CONVERTER_AS_LLAMA_BPE.format(real=str(real_converter)))
+    return where
+
+
+def test_lessons_4_and_7_run_on_a_model_with_the_llama_3_2_template(tmp_path, monkeypatch):
+    """Colab's default model family, in small: a tiny Llama with Llama 3's pre-tokenizer, special
+    tokens and the Llama 3.2 Instruct chat template trains in lesson 4 and exports, chats and is
+    served in lesson 7, which finds the end of turn (<|eot_id|>) from the template, tokenizes
+    prompts in the GGUF exactly as in HF, and writes a Modelfile that stops where it should."""
+    import papermill
+
+    from fixtures.chat_tokenizers import tiny_llama3_model
+    from persona_lib import ollama
+
+    model = tiny_llama3_model(tmp_path / "tiny-llama3")
+    monkeypatch.setenv("PERSONA_LAB_CACHE", str(llama_bpe_cache(tmp_path / "cache")))
+    runs = tmp_path / "runs"
+    for number in ("04", "07"):
+        nb = next(p for p in NOTEBOOKS if p.name.startswith(number))
+        papermill.execute_notebook(str(nb), str(tmp_path / nb.name),
+                                   parameters={"SMOKE": True, "RUNS_ROOT": str(runs), "MODEL": str(model)},
+                                   cwd=str(tmp_path), progress_bar=False, kernel_name="python3")
+    out = runs / "taskmaster" / "export"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["adapter_trained"], "lesson 7 should export lesson 4's adapter, trained on this model"
+    check = summary["chat_check"]
+    assert check["ok"] and check["eos_token"] == "<|eot_id|>"
+    parity = json.loads((out / "parity.json").read_text())
+    assert all(s["prompt_tokens_equal"] == 1.0 for s in parity["systems"].values() if "prompt_tokens_equal" in s)
+    # Not ChatML: the Modelfile leaves TEMPLATE to the one Ollama matches from the GGUF, and stops
+    # at the template's own end of turn.
+    text = (out / "Modelfile").read_text()
+    modelfile = ollama.parse_modelfile(text)
+    assert "template" not in modelfile and "TEMPLATE left out" in text and "<|im_end|>" not in text
+    assert modelfile["parameters"]["stop"] == ["<|eot_id|>"]

@@ -142,9 +142,10 @@ plots.duplicate_similarity_histogram(report.candidate_similarities, DEDUP_THRESH
 # ## Split, stratified by topic
 #
 # First, about 15% of the conversations are set aside for lesson 5's persona classifier,
-# which tells the three voices apart: an adapter must never train on the replies its grader
-# learned from. Which records are reserved depends only on their ids
-# (`dataset.split_reserved`), so every lesson sets aside the same ones.
+# which tells the three shipped voices apart: an adapter must never train on the replies its
+# grader learned from. Which records are reserved depends only on their ids
+# (`dataset.split_reserved`), so every lesson sets aside the same ones. A persona of your own
+# keeps all its conversations: the classifier never learns it, so nothing needs hiding from it.
 #
 # The rest is split so that every topic lands in train, and validation and test take about
 # a tenth each: the loss on validation (lesson 4) and the test scores cover the same topics.
