@@ -5,6 +5,7 @@ import json
 import pytest
 
 from persona_lib import io
+from persona_lib.chat import CHAT
 from persona_lib.cli import main
 from persona_lib.pipeline import MIN_CONVERSATIONS, RunConfig, persona_records
 
@@ -22,7 +23,9 @@ def test_every_stage_ran_and_wrote_its_artifacts(smoke_run):
     for stage in STAGES:
         assert (smoke_run / stage / "done.json").is_file(), stage
     rows = io.read_jsonl(smoke_run / "baseline" / "answers.jsonl")
-    assert len(rows) == 2 and all(set(r) == {"id", "prompt", "base", "base_with_persona_prompt"} for r in rows)
+    assert len(rows) == 2 and all(set(r) == {"id", "prompt", "base", "base_with_persona_prompt", "decoding"}
+                                  for r in rows)
+    assert {r["decoding"] for r in rows} == {CHAT.label}  # as lesson 1 and the evaluation decode
     assert (smoke_run / "spec" / "system_prompt.txt").read_text().startswith("You are TaskMaster")
     data = io.read_json(smoke_run / "data" / "done.json")["summary"]
     assert data["train"] + data["validation"] + data["reserved_for_classifier"] == data["conversations"]
