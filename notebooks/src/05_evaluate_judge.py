@@ -152,15 +152,16 @@ display(Markdown((run / "eval" / "summary.md").read_text().split("## Figures")[0
 
 # %% [markdown]
 # **What a good result looks like** (TaskMaster on the embedded model, 49 held-out prompts,
-# deterministic measures, greedy decoding before `chat.CHAT`,
-# `bench/results/eval_taskmaster_summary.md`): the tuned model without
-# a system prompt is more TaskMaster than the base model with one, +0.10 [0.06, 0.14] on the
-# classifier's probability; its signature rate rises from 0.02 to 0.10 and its generic-assistant
-# rate falls from 0.12 to 0.00; knowledge recall moves +0.9 [-5.1, +7.3] points, an interval far
-# wider than the 2-point target, so that target cannot be called met on 38 questions; and
-# diversity falls short of the human-written replies (distinct-2 ratio 0.59). A small model
-# gains the voice and loses variety: that is the honest picture, not a failed run. A failed
-# run shows a paired difference whose interval sits below 0, or a tuned row identical to base.
+# deterministic measures, `bench/results/eval_taskmaster_summary.md`): the tuned model without
+# a system prompt is more TaskMaster than the base model with one, +0.07 [0.04, 0.11] on the
+# classifier's probability; its signature rate is 0.14 against the prompted base's 0.04, and its
+# generic-assistant rate 0.00 against 0.22; knowledge recall moves 0.0 [-4.3, +4.1] points, an
+# interval wider than the 2-point target, so that target cannot be called met on 38 questions;
+# diversity falls short of the human-written replies (distinct-2 ratio 0.76). Asked sincerely,
+# the tuned model says it is an AI in 4 of 14 probes, the prompted base in 1 (the bare base,
+# a generic chatbot, in 10). A small model gains the voice and loses variety: that is the
+# honest picture, not a failed run. A failed run shows a paired difference whose interval sits
+# below 0, or a tuned row identical to base.
 
 # %% [markdown]
 # ## Read the figures
