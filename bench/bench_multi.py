@@ -42,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from persona_lib.io import write_json
+from persona_lib.io import read_json, write_json
 
 RESULTS = Path(__file__).parent / "results"
 GOAL = 0.8  # diagonal accuracy per persona the issue asks of separate adapters
@@ -127,15 +127,25 @@ def main(argv=None) -> int:
     conditioned_config = config.train_config(conditioned=True)
     report["conditioned_train_config"] = conditioned_config.to_dict()
 
-    # ---- training, each design from scratch
+    # ---- training, each design from scratch. This machine's matmul rates are read before and after
+    # each run (bench_train_cpu's 2048 x 2048 reading, 4 s): a shared host can be slower for a while,
+    # and the rates say whether a training time was taken on a machine at its usual speed.
+    from bench_train_cpu import matmul_rates  # bench/ is on sys.path when this file runs as a script
+
+    def train_timed(folder, train_config, records) -> dict:
+        before = matmul_rates()
+        t, wall = timed(lambda: multi.ensure_adapter(folder, train_config, records))
+        after = matmul_rates()
+        manifest = read_json(Path(t["folder"]) / "manifest.json")
+        return {**t, "wall_s": round(wall, 2), "tokens_per_second": manifest["throughput"]["tokens_per_second"],
+                **{k: manifest["timings"].get(k) for k in ("evaluate_s", "checkpoint_s")},
+                "matmul_gflops": {kind: [round(before[kind], 1), round(after[kind], 1)] for kind in before}}
+
     training = {}
     for slug in config.personas:
-        t, wall = timed(lambda: multi.ensure_adapter(multi.adapter_dir(slug, runs), config.train_config(slug),
-                                                     config.records(slug)))
-        training[slug] = {**t, "wall_s": round(wall, 2)}
+        training[slug] = train_timed(multi.adapter_dir(slug, runs), config.train_config(slug), config.records(slug))
     mixed = multi.conditioned_records({slug: config.records(slug) for slug in config.personas})
-    t, wall = timed(lambda: multi.ensure_adapter(multi.conditioned_dir(runs), conditioned_config, mixed))
-    training[multi.CONDITIONED] = {**t, "wall_s": round(wall, 2)}
+    training[multi.CONDITIONED] = train_timed(multi.conditioned_dir(runs), conditioned_config, mixed)
     separate_s = sum(training[s]["train_s"] for s in config.personas)
     report["training"] = {
         "per_adapter": training,

@@ -36,6 +36,8 @@ a one-process run and reports both throughputs.
 
     python bench/bench_train_cpu.py                    # -> bench/results/train_cpu.json
     python bench/bench_train_cpu.py --steps 2 --rounds 1 --configs baseline,project --no-profile
+    python bench/bench_train_cpu.py --persona captain_codebeard --configs project,baseline,project_sdpa \
+        --steps 5 --rounds 3 --no-processes --results bench/results/train_cpu_codebeard.json   # long conversations
     python bench/bench_train_cpu.py --configs project,project_compiled --steps 6 \
         --no-profile --no-processes --results bench/results/train_cpu_trials.json   # what was tried and dropped
     python bench/bench_train_cpu.py --full-run         # 2 epochs, baseline and project, before/after -> train_cpu_full.json
@@ -293,13 +295,13 @@ def run_plain_loop(data, steps: int, model_id: str) -> dict:
                          "train_sampling_strategy": "length-grouped"}}
 
 
-def training_data(model_id: str):
+def training_data(model_id: str, persona: str = "taskmaster"):
     from persona_lib.dataset import shipped_splits
     from persona_lib.masking import build_dataset
     from persona_lib.models import load_tokenizer
     from persona_lib.train import TrainConfig
 
-    splits = shipped_splits("taskmaster")
+    splits = shipped_splits(persona)
     data = build_dataset(splits["train"], load_tokenizer(model_id), TrainConfig().max_seq_length)
     return splits, data
 
@@ -341,7 +343,7 @@ def speed(args) -> dict:
     unknown = [c for c in configs if c not in CONFIGS + tuple(TRIALS)]
     if unknown:
         sys.exit(f"unknown configuration(s) {unknown}; choose from {', '.join(CONFIGS + tuple(TRIALS))}")
-    splits, data = training_data(args.model)
+    splits, data = training_data(args.model, args.persona)
     from persona_lib.models import load_model
 
     params = sum(p.numel() for p in load_model(args.model)[0].parameters())
@@ -388,10 +390,10 @@ def speed(args) -> dict:
             ratios.update({f"{ref}_over_{k}": round(results[ref]["tokens_per_second"] / v["tokens_per_second"], 2)
                            for k, v in results.items() if k != ref and not (ref == "baseline" and k == "project")})
     report = {
-        "what": "LoRA r=16 (all projections) on the embedded SmolLM2-135M, TaskMaster training split, "
+        "what": f"LoRA r=16 (all projections) on the embedded SmolLM2-135M, {args.persona}'s training split, "
                 "non-pad tokens per second; share = 4 x params x tokens/s / the matmul rate of the precision "
                 "the configuration's matmuls run in",
-        "model": args.model, "parameters": params, "steps": args.steps, "rounds": args.rounds,
+        "model": args.model, "persona": args.persona, "parameters": params, "steps": args.steps, "rounds": args.rounds,
         "matmul_gflops_peak": {k: round(v, 1) for k, v in peak.items()},
         "ceiling_tokens_per_second": {k: round(v, 1) for k, v in ceiling.items()},
         "train_examples": data.examples, "train_tokens": data.tokens,
@@ -527,6 +529,8 @@ def main(argv=None) -> int:
     parser.add_argument("--processes", action=argparse.BooleanOptionalAction, default=True,
                         help="also run fine_tune_persona.py in one process and under accelerate launch with two")
     parser.add_argument("--process-steps", type=int, default=6, help="optimizer steps of each --processes run")
+    parser.add_argument("--persona", default="taskmaster",
+                        help="whose shipped training split (captain_codebeard's conversations are the longest)")
     parser.add_argument("--model", default="embedded", help="embedded (the benchmark's model) or tiny (a plumbing check)")
     parser.add_argument("--full-run", action="store_true", help="the 2-epoch run with before/after measures instead")
     parser.add_argument("--prompts", type=int, default=40, help="held-out prompts for --full-run (all ordinary ones if fewer)")

@@ -1,8 +1,9 @@
 """The evaluation stage: does the tuned model hold the persona, without losing what it knew?
 
 `evaluate(spec, base_id, adapter_dir, out_dir, config, judge=...)` answers with four systems
-on the same held-out prompts, all with batched greedy generation from one model in memory
-(the adapter is switched off for the base answers):
+on the same held-out prompts, all with the same batched decoding (greedy with the config's
+guards against looping, `chat.CHAT` by default) from one model in memory (the adapter is
+switched off for the base answers):
 
     base              the base model as it is
     base_prompted     the base model with the persona's system prompt (the cheap way)
@@ -195,7 +196,7 @@ def adapter_fingerprint(adapter_dir: str | os.PathLike) -> str:
 
 
 class Generator:
-    """Batched greedy answers of one system, cached on disk by everything that decides them."""
+    """Batched answers of one system under the config's decoding, cached on disk by everything that decides them."""
 
     def __init__(self, model, tokenizer, spec: PersonaSpec, cache_dir: Path, fingerprint: str, config: EvalConfig):
         self.model, self.tokenizer, self.spec = model, tokenizer, spec

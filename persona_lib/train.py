@@ -57,9 +57,11 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bi
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 LOSSES = ("target_logits", "nll", "chunked_nll")
 CPU_ATTENTIONS = ("auto", "eager", "sdpa")
-# "auto" on a CPU: the eager implementation up to this many tokens (measured 1.13x faster than
-# SDPA at 512 on the embedded model, bench/results/train_cpu.json), SDPA beyond it, where
-# eager's batch x heads x length^2 attention matrices, kept for the backward pass, grow large.
+# "auto" on a CPU: the eager implementation up to this many tokens (at max_seq_length 512 on the
+# embedded model, best of 3 rounds side by side: 1.05x faster than SDPA on TaskMaster's
+# conversations, bench/results/train_cpu.json, and 1.07x on Captain Codebeard's, the longest,
+# train_cpu_codebeard.json), SDPA beyond it, where eager's batch x heads x length^2 attention
+# matrices, kept for the backward pass, grow large.
 EAGER_UP_TO = 1024
 
 
@@ -602,6 +604,7 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
     start = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - start
+    in_train = dict(getattr(trainer, "phase_seconds", {}))  # Unsloth's own trainer class has none
     state = trainer.state
     if eval_data is not None and not any(row.get("step") == state.global_step and "eval_loss" in row
                                          for row in state.log_history):
@@ -650,11 +653,17 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
             "load_model_s": round(t_load - t0, 2),
             "tokenize_s": round(t_data - t_load, 2),
             "train_s": round(train_seconds, 2),
+            # of train_s: validation passes and checkpoint saves (None where the trainer does not time them)
+            "evaluate_s": round(in_train["evaluate"], 2) if in_train else None,
+            "checkpoint_s": round(in_train["checkpoint"], 2) if in_train else None,
             "total_s": round(time.perf_counter() - t0, 2),
         },
         "throughput": {
             "tokens": session_tokens,
             "tokens_per_second": round(session_tokens / train_seconds, 2) if train_seconds else 0.0,
+            # the optimizer steps alone, what bench/bench_train_cpu.py measures
+            "tokens_per_second_in_steps": (round(session_tokens / stepping, 2) if in_train and
+                                           (stepping := train_seconds - sum(in_train.values())) > 0 else None),
             "train_runtime_s": out.metrics.get("train_runtime"),
         },
         "metrics": _final_losses(history),

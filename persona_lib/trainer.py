@@ -164,6 +164,22 @@ def _trainer_class():
                 loss = loss * self.accelerator.num_processes
             return (loss, {"loss": loss}) if return_outputs else loss
 
+        # Wall time of the validation passes and checkpoint saves inside train(): the manifest
+        # splits train_s with them, since a benchmark of the optimizer steps alone sees neither.
+        def evaluate(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return super().evaluate(*args, **kwargs)
+            finally:
+                self.phase_seconds["evaluate"] += time.perf_counter() - start
+
+        def _save_checkpoint(self, model, trial):
+            start = time.perf_counter()
+            try:
+                return super()._save_checkpoint(model, trial)
+            finally:
+                self.phase_seconds["checkpoint"] += time.perf_counter() - start
+
         def _get_train_sampler(self, train_dataset=None):
             if not self.group_by_length:
                 return super()._get_train_sampler(train_dataset)
@@ -189,6 +205,7 @@ def build_trainer(config: TrainConfig, model, tokenizer, args, train_dataset, ev
     finally:
         datasets.enable_progress_bars()
     trainer.group_by_length = config.group_by_length
+    trainer.phase_seconds = {"evaluate": 0.0, "checkpoint": 0.0}
     # Unsloth computes its own fused loss on the GPU; target_logits is the CPU path's.
     trainer.target_logits = config.loss == "target_logits" and backend == "transformers"
     trainer.lora_in_bf16 = (config.cpu_autocast and args.use_cpu and backend == "transformers"

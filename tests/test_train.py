@@ -192,6 +192,10 @@ def test_manifest_records_config_versions_data_timings_and_metrics(smoke_run):
     assert len(m["data"]["train_sha256"]) == 64 and m["data"]["train_sha256"] != data_hash(records)
     assert 0 < m["data"]["trained_tokens"] < m["data"]["train_tokens"]
     assert m["steps"] == 6 and m["timings"]["train_s"] > 0 and m["throughput"]["tokens_per_second"] > 0
+    # smoke: validation and a checkpoint every 3 steps, both timed inside train_s
+    t = m["timings"]
+    assert 0 < t["evaluate_s"] and 0 < t["checkpoint_s"] and t["evaluate_s"] + t["checkpoint_s"] < t["train_s"]
+    assert m["throughput"]["tokens_per_second_in_steps"] > m["throughput"]["tokens_per_second"]
     assert m["metrics"]["train_loss"] > 0 and m["metrics"]["eval_loss"] > 0
     assert m["parameters"]["trainable"] == lora_share("tiny")["trainable"]
 
