@@ -604,7 +604,7 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
     start = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.perf_counter() - start
-    in_train = dict(getattr(trainer, "phase_seconds", {}))  # Unsloth's own trainer class has none
+    in_train = dict(getattr(trainer, "phase_seconds", {}))  # empty for a trainer not made by build_trainer
     state = trainer.state
     if eval_data is not None and not any(row.get("step") == state.global_step and "eval_loss" in row
                                          for row in state.log_history):
