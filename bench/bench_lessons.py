@@ -8,9 +8,9 @@ the slowest cells (papermill's own per-cell durations, with each cell's first li
 machine's matmul rates before and after (bench_train_cpu's reading: a shared host can be slow
 for a while, and the rates say whether it was). The lesson headers' CPU times come from here.
 
-    python bench/bench_lessons.py                      # all seven, about 2 hours on a quiet 2-core CPU
-    python bench/bench_lessons.py --lessons 1,2,3,4,5,7   # without lesson 6's four trainings (~60 min;
-                                                       # bench_multi.py --train-only times those alone)
+    python bench/bench_lessons.py                      # all seven (lesson 6's trainings alone took 82 min)
+    python bench/bench_lessons.py --lessons 1,2,3,4,5,7   # without lesson 6's four trainings
+                                                       # (bench_multi.py --train-only times those alone)
 
 Writes bench/results/lessons_cpu.json; the executed notebooks stay in the run folder's
 `executed/` for reading (they are outputs: never commit them).
@@ -55,7 +55,9 @@ def main(argv=None) -> int:
 
     import papermill
     import torch
-    from bench_train_cpu import cpu_flags, matmul_rates  # bench/ is on sys.path when this file runs as a script
+
+    # bench/ is on sys.path when this file runs as a script
+    from bench_train_cpu import cpu_flags, matmul_rates, rates_before_after
 
     from persona_lib.llama_build import cpu_model
 
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
         after = matmul_rates()
         row = {"notebook": nb.name, "seconds": round(seconds, 1), "minutes": round(seconds / 60, 1),
                "error": error, "slowest_cells": slowest_cells(executed_dir / nb.name),
-               "matmul_gflops": {kind: [round(before[kind], 1), round(after[kind], 1)] for kind in before}}
+               "matmul_gflops": rates_before_after(before, after)}
         report["lessons"][str(number)] = row
         print(f"lesson {number}: {row['minutes']} min" + (f"  FAILED {error}" if error else ""), flush=True)
         write_json(Path(args.results), report)  # after every lesson: a stopped run keeps what it measured

@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default="", help="default: bench/results/multi.json, "
                         "or multi_training.json with --train-only")
     parser.add_argument("--train-only", action="store_true",
-                        help="time lesson 6's four trainings and stop (about 45 minutes on 2 CPU cores)")
+                        help="time lesson 6's four trainings and stop (82 minutes on a quiet 2-core CPU, multi_training.json)")
     args = parser.parse_args(argv)
 
     import torch
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     # ---- training, each design from scratch. This machine's matmul rates are read before and after
     # each run (bench_train_cpu's 2048 x 2048 reading, 4 s): a shared host can be slower for a while,
     # and the rates say whether a training time was taken on a machine at its usual speed.
-    from bench_train_cpu import matmul_rates  # bench/ is on sys.path when this file runs as a script
+    from bench_train_cpu import matmul_rates, rates_before_after  # bench/ is on sys.path when run as a script
 
     def train_timed(folder, train_config, records) -> dict:
         before = matmul_rates()
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         manifest = read_json(Path(t["folder"]) / "manifest.json")
         return {**t, "wall_s": round(wall, 2), "tokens_per_second": manifest["throughput"]["tokens_per_second"],
                 **{k: manifest["timings"].get(k) for k in ("evaluate_s", "checkpoint_s")},
-                "matmul_gflops": {kind: [round(before[kind], 1), round(after[kind], 1)] for kind in before}}
+                "matmul_gflops": rates_before_after(before, after)}
 
     training = {}
     for slug in config.personas:

@@ -96,6 +96,11 @@ def matmul_rates() -> dict[str, float]:
     return {"fp32": matmul_gflops(2.0), "bf16": matmul_gflops(2.0, dtype="bfloat16")}
 
 
+def rates_before_after(before: dict[str, float], after: dict[str, float]) -> dict[str, list[float]]:
+    """{"fp32": [before, after], "bf16": [...]} in GFLOP/s, as the JSON files record them."""
+    return {kind: [round(before[kind], 1), round(after[kind], 1)] for kind in before}
+
+
 def cpu_flags() -> dict[str, bool]:
     """The instruction sets that decide CPU training speed."""
     from persona_lib.llama_build import cpu_flags as flags
@@ -359,7 +364,7 @@ def speed(args) -> dict:
                 after = matmul_rates()
                 for kind in rates:
                     rates[kind] += [before[kind], after[kind]]
-                row.update(round=round_, matmul_gflops={k: [round(before[k], 1), round(after[k], 1)] for k in rates},
+                row.update(round=round_, matmul_gflops=rates_before_after(before, after),
                            load_average_after=[round(x, 2) for x in os.getloadavg()])
                 runs[name].append(row)
                 print(f"{name}: {row['tokens_per_second']:.1f} tokens/s", flush=True)
