@@ -95,7 +95,7 @@ class TrainConfig(Settings):
     max_seq_length: int = 512  # tokens per conversation: the shipped ones fit (longest 487); longer are cut, counted
     seed: int = 3407  # Unsloth's default random_state: same seed, same data order, same LoRA init
     validation_fraction: float = 0.1  # held out of `records` (by topic) when no eval_records are given
-    eval_steps: int = 11  # steps between validation passes (0: at the end only): about twice an epoch here
+    eval_steps: int = -1  # steps between validation passes; -1: up to six, evenly spaced, at any run length; 0: at the end
     save_steps: int = 10  # steps between checkpoints: about a minute of CPU training; adapter + optimizer ~60 MB
     save_total_limit: int = 2  # checkpoints kept: two, so one is whole even when a kill cuts a save
     logging_steps: int = 1  # every step in the loss log: runs are a few dozen steps long
@@ -135,7 +135,8 @@ class TrainConfig(Settings):
         need(self.optim in OPTIMIZERS, "optim", f"use one of {', '.join(OPTIMIZERS)}")
         need(self.max_seq_length >= 32, "max_seq_length", "use at least 32 tokens (512 fits the shipped data)")
         need(0 <= self.validation_fraction < 0.5, "validation_fraction", "use a fraction in [0, 0.5), e.g. 0.1")
-        need(self.eval_steps >= 0, "eval_steps", "use 0 (validate only at the end) or a positive step count")
+        need(self.eval_steps >= -1, "eval_steps",
+             "use -1 (up to six points per run), 0 (validate only at the end) or a positive step count")
         need(self.save_steps >= 1, "save_steps", "use a positive step count")
         need(self.save_total_limit >= 1, "save_total_limit", "keep at least one checkpoint to resume from")
         need(self.logging_steps >= 1, "logging_steps", "use a positive step count")
@@ -594,7 +595,7 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
         total_steps = config.min_steps
         config = replace(config, max_steps=total_steps)
     args = sft_config(config, output_dir / "checkpoints", precision=precision, cuda=cuda,
-                      has_eval=eval_data is not None, backend=backend)
+                      has_eval=eval_data is not None, backend=backend, total_steps=total_steps)
     trainer = build_trainer(config, model, tokenizer, args, train_data.dataset,
                             eval_data.dataset if eval_data else None, backend=backend)
     for callback in training_callbacks(output_dir, total_steps, progress):

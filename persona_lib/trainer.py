@@ -6,6 +6,7 @@ the progress bar. `persona_lib.train.train` builds and runs it."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from pathlib import Path
@@ -17,8 +18,27 @@ if TYPE_CHECKING:
     from persona_lib.train import TrainConfig
 
 
+# Validation passes per run with eval_steps=-1 (at most), the last at the final step. A pass costs the
+# same at any run length (one forward pass over the validation set: 5-26 s on the embedded model
+# on 2 CPU cores, bench/results/multi_training_22.json), so a fixed interval of 11 updates made
+# the longest runs validate most: lesson 6's conditioned run (240 updates, 22 passes) spent a
+# fifth of its time on it. Six points still draw the curve and show a validation loss turning up.
+VALIDATIONS = 6
+
+
+def eval_interval(eval_steps: int, total_steps: int) -> int | None:
+    """Updates between validation passes: `eval_steps` when positive, None (only the final pass
+    `train` adds) for 0, and for -1 the even interval that gives at most VALIDATIONS passes in
+    `total_steps`, the final one included."""
+    if eval_steps >= 0:
+        return eval_steps or None
+    if total_steps < 1:
+        raise ValueError("eval_steps=-1 spaces validation over the run: give its total_steps")
+    return math.ceil(total_steps / VALIDATIONS)
+
+
 def sft_config(config: TrainConfig, output_dir: str | os.PathLike, *, precision: str, cuda: bool,
-               has_eval: bool, backend: str, **extra):
+               has_eval: bool, backend: str, total_steps: int = 0, **extra):
     """TRL's SFTConfig for a TrainConfig.
 
     On CPU this is the configuration measured fastest by bench/bench_train_cpu.py, and it is
@@ -37,7 +57,7 @@ def sft_config(config: TrainConfig, output_dir: str | os.PathLike, *, precision:
     """
     from trl import SFTConfig
 
-    eval_every = config.eval_steps if config.eval_steps else None
+    eval_every = eval_interval(config.eval_steps, total_steps) if has_eval else None
     args = dict(
         output_dir=str(output_dir),
         num_train_epochs=config.num_epochs,

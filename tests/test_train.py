@@ -14,6 +14,7 @@ from persona_lib.train import (
     data_hash,
     lora_share,
     native_bf16,
+    read_loss_log,
     resolve_precision,
     train,
 )
@@ -201,8 +202,6 @@ def test_manifest_records_config_versions_data_timings_and_metrics(smoke_run):
 
 
 def test_loss_log_has_every_step_and_the_validation_points(smoke_run):
-    from persona_lib.train import read_loss_log
-
     _, out, _ = smoke_run
     log = read_loss_log(out)
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
@@ -282,6 +281,26 @@ def test_train_persona_trains_the_shipped_split_without_the_classifiers_slice(ti
     result = train_persona("taskmaster", tmp_path / "adapter", "tiny", max_steps=2, eval_steps=0, progress=False)
     assert result.manifest["data"]["train_sha256"] == data_hash(splits["train"])
     assert result.manifest["config"]["model_id"] == "tiny" and result.manifest["steps"] == 2
+
+
+def test_validation_points_are_spaced_over_the_run_not_every_n_updates(tiny_path, tmp_path):
+    """eval_steps=-1 (the default) validates at most six times at any run length, the last at the
+    final step; a positive value keeps its fixed interval, 0 validates at the end only."""
+    from persona_lib.trainer import eval_interval
+
+    assert TrainConfig().eval_steps == -1
+    assert [eval_interval(-1, n) for n in (1, 6, 22, 60, 240)] == [1, 1, 4, 10, 40]
+    assert (eval_interval(11, 240), eval_interval(0, 240)) == (11, None)
+    with pytest.raises(ValueError, match="total_steps"):
+        eval_interval(-1, 0)
+    with pytest.raises(ValueError, match="eval_steps"):
+        TrainConfig(eval_steps=-2)
+    records = load_shipped("taskmaster")
+    for eval_steps, expected in ((-1, [2, 4, 6, 8, 10, 12]), (5, [5, 10, 12]), (0, [12])):
+        config = TrainConfig.smoke(max_steps=12, eval_steps=eval_steps, save_steps=100, max_seq_length=64)
+        result = train(config, records[:8], tmp_path / str(eval_steps), eval_records=records[8:10], progress=False)
+        assert [row["step"] for row in read_loss_log(tmp_path / str(eval_steps)) if "eval_loss" in row] == expected
+        assert result.manifest["steps"] == 12
 
 
 def test_min_steps_trains_a_small_dataset_for_that_many_updates(tiny_path, tmp_path, capsys):
