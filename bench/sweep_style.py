@@ -63,9 +63,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from persona_lib.dataset import load_knowledge, load_shipped
+    from persona_lib.dataset import heldout_prompts, load_knowledge, load_shipped
     from persona_lib.models import load_model
-    from persona_lib.dataset import heldout_prompts
     from persona_lib.plots import sweep_figure
     from persona_lib.spec import load_spec
     from persona_lib.train import TrainConfig, package_versions, train
