@@ -11,7 +11,9 @@ measures each setting against plain greedy decoding on the same prompts, for two
 
 on the measures lesson 5 uses: the loop rate (`metrics.loops`: a word trigram three times in one
 reply), the persona classifier's probability, the signature-phrase rate, distinct-2 over the
-replies, knowledge recall (tuned, no system prompt) and the honesty probes (tuned). Every
+replies, knowledge recall (tuned, no system prompt) and the honesty probes (tuned); and beside
+them the cost a guard can have that no persona measure sees, the share of replies that echo a
+word of the prompt misspelt (`metrics.misspelt_echoes`: "jerseals" for "jerseys"). Every
 difference from greedy is paired by prompt, with a bootstrap interval.
 
 The rule that picks the chat default (`choose`): among the settings that lower the tuned loop
@@ -23,6 +25,7 @@ each guard from mild to strong); greedy when none qualifies. `persona_lib.chat.C
 
     persona run taskmaster                          # the adapter this measures (runs/taskmaster/adapter)
     python bench/bench_decoding.py                  # -> bench/results/decoding.json
+    python bench/bench_decoding.py --rescore        # the misspelt echoes of the replies it holds, no generation
     python bench/bench_decoding.py --model tiny --adapter /tmp/tiny_adapter --prompts 2 --questions 2 \\
         --max-new-tokens 8 --results /tmp/decoding.json      # a plumbing check
 """
@@ -54,7 +57,17 @@ GUARDED = {"persona_probability": ("tuned", "base_prompted"), "signature": ("tun
            "knowledge": ("tuned",)}
 
 
-def measure(system_replies: dict, spec, classifier, questions, knowledge_answers, probes, probe_replies) -> dict:
+def echo_measures(prompts: list[dict], replies: list[str], known: set[str]) -> tuple[list[float], list[list[str]]]:
+    """Per reply: 1.0 if it echoes a word of its prompt misspelt (`metrics.misspelt_echoes`), and
+    the (reply word, prompt word) pairs found."""
+    from persona_lib.metrics import misspelt_echoes
+
+    found = [misspelt_echoes(p["messages"][-1]["content"], r, known) for p, r in zip(prompts, replies)]
+    return [float(bool(f)) for f in found], [[w, asked] for f in found for w, asked in f]
+
+
+def measure(system_replies: dict, spec, classifier, questions, knowledge_answers, probes, probe_replies, *,
+            prompts: list[dict], known: set[str]) -> dict:
     from persona_lib.metrics import bootstrap_ci, diversity, honesty_measures, knowledge_recall, loops, persona_measures
 
     out = {}
@@ -62,13 +75,17 @@ def measure(system_replies: dict, spec, classifier, questions, knowledge_answers
         m = persona_measures(replies, spec, classifier=classifier)
         per = m["per_reply"]
         per["loops"] = [float(loops(r)) for r in replies]
+        per["misspelt_echo"], echoes = echo_measures(prompts, replies, known)
         out[system] = {
             "loop_rate": bootstrap_ci(per["loops"]),
+            "misspelt_echo_rate": bootstrap_ci(per["misspelt_echo"]),
+            "misspelt_echoes": echoes,
             "persona_probability": m.get("persona_probability"),
             "signature_rate": m["signature_rate"],
             "distinct_2": diversity(replies)["distinct_2"],
             "length_words": m["length_words"],
-            "per_reply": {k: per[k] for k in ("loops", "signature", "persona_probability") if k in per},
+            "per_reply": {k: per[k] for k in ("loops", "signature", "persona_probability", "misspelt_echo")
+                          if k in per},
             "replies": replies,
         }
     recall = knowledge_recall(questions, knowledge_answers)
@@ -92,8 +109,8 @@ def differences(rows: dict) -> dict:
         d = {}
         for system in ("tuned", "base_prompted"):
             a, b = greedy[system]["per_reply"], row[system]["per_reply"]
-            for key in ("loops", "signature", "persona_probability"):
-                if key in a:
+            for key in ("loops", "signature", "persona_probability", "misspelt_echo"):
+                if key in a and key in b:
                     d[f"{system}.{key}"] = paired_bootstrap(a[key], b[key])
         d["tuned.knowledge"] = recall_difference(greedy["tuned"]["knowledge"], row["tuned"]["knowledge"])
         out[name] = d
@@ -121,6 +138,37 @@ def choose(diffs: dict, rows: dict) -> tuple[str, list[str]]:
                                          ["mean"], 6), order.index(n))), reasons
 
 
+def rescore(path: Path, model_id: str) -> int:
+    """Measure the misspelt echoes of the replies a run stored, on the same prompts, and the
+    paired differences from greedy again; the rule's choice is recomputed and must not move
+    (the echo rate is reported beside it, not part of it)."""
+    from persona_lib.dataset import heldout_prompts
+    from persona_lib.metrics import bootstrap_ci, known_words
+    from persona_lib.models import load_tokenizer
+    from persona_lib.spec import load_spec
+
+    report = io.read_json(path)
+    prompts = heldout_prompts(load_spec(report["persona"]), report["prompts"])
+    known = known_words(load_tokenizer(model_id))
+    rows = report["settings"]
+    for name, row in rows.items():
+        for system in ("tuned", "base_prompted"):
+            per, echoes = echo_measures(prompts, row[system]["replies"], known)
+            row[system].update(misspelt_echo_rate=bootstrap_ci(per), misspelt_echoes=echoes)
+            row[system]["per_reply"]["misspelt_echo"] = per
+        print(f"{name}: replies with a misspelt echo: tuned {row['tuned']['misspelt_echo_rate']['mean']:.2f}, "
+              f"base+prompt {row['base_prompted']['misspelt_echo_rate']['mean']:.2f} "
+              f"{row['tuned']['misspelt_echoes'] + row['base_prompted']['misspelt_echoes']}")
+    report["vs_greedy"] = differences(rows)
+    chosen, _ = choose(report["vs_greedy"], rows)
+    if chosen != report["chosen"]:
+        raise SystemExit(f"the rule now chooses {chosen}, the run chose {report['chosen']}: run the benchmark again")
+    report["rescored"] = "python bench/bench_decoding.py --rescore"
+    io.write_json(path, report)
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--adapter", default="runs/taskmaster/adapter", help="the tuned adapter to measure")
@@ -132,8 +180,13 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=160, help="reply length (the evaluation's)")
     parser.add_argument("--knowledge-max-new-tokens", type=int, default=200, help="answer length (the evaluation's)")
     parser.add_argument("--results", default=str(RESULTS), help="JSON path")
+    parser.add_argument("--rescore", action="store_true",
+                        help="no generation: add the misspelt-echo measure to the replies already in --results "
+                             "(the tokenizer of --model, default the embedded model's)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.rescore:
+        return rescore(Path(args.results), args.model or "embedded")
 
     names = [n.strip() for n in args.settings.split(",") if n.strip()]
     unknown = [n for n in names if n not in SETTINGS]
@@ -145,7 +198,7 @@ def main(argv=None) -> int:
     from persona_lib import adapters
     from persona_lib.chat import Decoding, generate_replies
     from persona_lib.dataset import heldout_prompts, load_honesty, load_knowledge
-    from persona_lib.metrics import train_persona_classifier
+    from persona_lib.metrics import known_words, train_persona_classifier
     from persona_lib.spec import load_spec, system_prompt
     from persona_lib.train import package_versions
 
@@ -155,6 +208,7 @@ def main(argv=None) -> int:
     probes = load_honesty(spec.slug)
     classifier = train_persona_classifier()
     model, tokenizer = adapters.load(args.adapter, args.model or None)
+    known = known_words(tokenizer)
     conversations = [p["messages"] for p in prompts]
     asks = [[{"role": "user", "content": q["question"]}] for q in questions]
     kw = dict(max_new_tokens=args.max_new_tokens)
@@ -174,7 +228,7 @@ def main(argv=None) -> int:
         seconds[name] = round(time.perf_counter() - start, 1)
         rows[name] = {"decoding": SETTINGS[name], "label": decoding.label,
                       **measure({"tuned": tuned, "base_prompted": prompted}, spec, classifier, questions,
-                                knowledge, probes, honest)}
+                                knowledge, probes, honest, prompts=prompts, known=known)}
         r = rows[name]
         print(f"{name}: tuned loops {r['tuned']['loop_rate']['mean']:.2f}, base+prompt loops "
               f"{r['base_prompted']['loop_rate']['mean']:.2f}, tuned persona p "

@@ -301,6 +301,58 @@ def loops(reply: str) -> bool:
     return most_repeated(reply, 3) >= LOOP_REPEATS
 
 
+# --------------------------------------------------------------------------- echo fidelity
+
+ECHO_MIN_LETTERS = 5  # shorter words have too many real neighbours one letter away ("plan", "plane")
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: the fewest single-letter insertions, deletions and substitutions."""
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def known_words(tokenizer=None) -> set[str]:
+    """Real words for `misspelt_echoes`: every word of the shipped persona conversations and, with
+    a tokenizer, each of its tokens that is a whole word after a space (a BPE vocabulary of 49k
+    holds ~25k of them). A misspelling the no-repeat guard forces is several tokens by nature:
+    the word's own tokens were the ones it could not repeat."""
+    from persona_lib.dataset import load_shipped
+
+    found = {w for slug in shipped_personas() for record in load_shipped(slug)
+             for message in record["messages"] for w in words(message["content"])}
+    if tokenizer is not None:
+        found |= {t[1:].casefold() for t in tokenizer.get_vocab() if t[:1] in ("\u0120", "\u2581") and t[1:].isalpha()}
+    return found
+
+
+def misspelt_echoes(prompt: str, reply: str, known: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """(reply word, prompt word) pairs where the reply seems to echo a prompt word misspelt:
+    a reply word of ECHO_MIN_LETTERS or more that is neither in the prompt nor in `known` (a
+    vocabulary of real words: `known_words`), with the prompt word's first two letters and at most
+    two letters' edits from it ("jerseals" for "jerseys").
+
+    No-repeat n-gram decoding causes exactly this: a word the prompt spells in three tokens
+    cannot be spelt the same way again, so the model picks a neighbouring token."""
+    asked = {w for w in words(prompt) if len(w) >= ECHO_MIN_LETTERS and w.isalpha()}
+    known = set(known) | asked
+    found = []
+    for w in dict.fromkeys(words(reply)):
+        if len(w) < ECHO_MIN_LETTERS or not w.isalpha() or w in known:
+            continue
+        # One word the start of the other is an inflection ("commute", "commuter"), not a slip.
+        near = [p for p in asked if p[:2] == w[:2] and abs(len(p) - len(w)) <= 2 and edit_distance(p, w) <= 2
+                and not (w.startswith(p) or p.startswith(w))]
+        if near:
+            found.append((w, min(near, key=lambda p: (edit_distance(p, w), p))))
+    return found
+
+
 # --------------------------------------------------------------------------- an honest voice
 
 # A persona is a voice, not a disguise. Asked sincerely, it says it is an AI (in its own words);

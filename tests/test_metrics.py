@@ -252,3 +252,35 @@ def test_honesty_measures_read_each_probe_by_its_kind():
     assert m["admits_ai"]["mean"] == 1.0 and m["claims_action"]["mean"] == 1.0
     assert m["admits_ai"]["n"] == sum(p["kind"] == "identity" for p in probes)
     assert load_honesty("zen_coder") == []
+
+
+# --------------------------------------------------------------------------- echo fidelity
+
+
+def test_edit_distance():
+    pairs = (("jerseys", "jerseys"), ("jersecs", "jerseys"), ("jerseals", "jerseys"), ("", "abc"),
+             ("kitten", "sitting"))
+    assert [metrics.edit_distance(a, b) for a, b in pairs] == [0, 1, 2, 3, 3]
+
+
+def test_a_misspelt_echo_is_found_and_real_words_and_inflections_are_not():
+    prompt = "Can you plan my week? I still need to order jerseys and book the fundraiser venue."
+    known = {"order", "planning"}
+    assert metrics.misspelt_echoes(prompt, "Order jerseals first, then jersecs for the team.", known) == [
+        ("jerseals", "jerseys"), ("jersecs", "jerseys")]
+    # exact echoes, inflections ("fundraise" starts "fundraiser"), known words and short words are fine
+    assert metrics.misspelt_echoes(prompt, "Order the jerseys, then fundraise. Planning: book venues.", known) == []
+    assert metrics.misspelt_echoes(prompt, "Plane weak", known) == []  # under ECHO_MIN_LETTERS letters
+    # a real word a letter away counts as misspelt only when nothing says it is a word
+    assert metrics.misspelt_echoes("Book the venue", "Book the venus", set()) == [("venus", "venue")]
+    assert metrics.misspelt_echoes("Book the venue", "Book the venus", {"venus"}) == []
+
+
+def test_known_words_hold_the_shipped_conversations_and_the_tokenizers_whole_words(tiny_path):
+    from persona_lib.models import load_tokenizer
+
+    shipped = metrics.known_words()
+    assert {"deadline", "priorities"} <= shipped and "accountants" not in shipped
+    with_tokens = metrics.known_words(load_tokenizer(tiny_path))  # SmolLM2's 49k BPE vocabulary
+    assert shipped < with_tokens and "accountants" in with_tokens  # " accountants" is one token
+    assert "jerseals" not in with_tokens and "jerseys" not in with_tokens  # " jerseys" is not
