@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default="", help="default: bench/results/multi.json, "
                         "or multi_training.json with --train-only")
     parser.add_argument("--train-only", action="store_true",
-                        help="time lesson 6's four trainings and stop (82 minutes on a quiet 2-core CPU, multi_training.json)")
+                        help="time lesson 6's four trainings and stop (72 minutes on a quiet 2-core CPU, multi_training.json)")
     args = parser.parse_args(argv)
 
     import torch
@@ -138,6 +138,7 @@ def main(argv=None) -> int:
         after = matmul_rates()
         manifest = read_json(Path(t["folder"]) / "manifest.json")
         return {**t, "wall_s": round(wall, 2), "tokens_per_second": manifest["throughput"]["tokens_per_second"],
+                "tokens_per_second_in_steps": manifest["throughput"].get("tokens_per_second_in_steps"),
                 **{k: manifest["timings"].get(k) for k in ("evaluate_s", "checkpoint_s")},
                 "matmul_gflops": rates_before_after(before, after)}
 

@@ -10,10 +10,10 @@
 # **Time:** about 20 minutes of reading and clicking, plus training: four LoRA runs (three
 # personas and the conditioned adapter), about 24 minutes together on a Colab T4 (an estimate
 # from counted tokens, `bench/results/t4_estimate.json`: no T4 has run it yet). On a 2-core CPU
-# with the embedded SmolLM2-135M they took **82 minutes** together, measured with nothing else
-# running: TaskMaster 6, Codebeard's 120 updates 26, Zen Coder 6, the conditioned adapter's 240
-# updates 44 (`python bench/bench_multi.py --train-only`, `bench/results/multi_training.json`,
-# an AMD EPYC with native bf16). A CPU without native bf16 trains in fp32, at 229 tokens/s
+# with the embedded SmolLM2-135M they took **72 minutes** together, measured with nothing else
+# running: TaskMaster 6, Codebeard's 120 updates 24, Zen Coder 5, the conditioned adapter's 240
+# updates 37, each with six validation passes (`python bench/bench_multi.py --train-only`,
+# `bench/results/multi_training.json`, an AMD EPYC with native bf16). A CPU without native bf16 trains in fp32, at 229 tokens/s
 # against 389 side by side (`train_cpu.json`): plan on about 1.7 times as long there. Start it
 # and read on, or come back: adapters already in your run folder are reused (lesson 4 left
 # TaskMaster's), and an interrupted run picks up where it stopped.
@@ -78,7 +78,7 @@ print(f"model: {model_id}\nrun folder: {runs_root}\nthis lesson writes to: {out}
 # same 30 prompts, though its validation loss had stopped falling. Read the paired difference
 # before you trust the rule: +0.13 [-0.03, +0.33], one run each, so the interval still holds
 # "no gain". `config.min_steps_by_persona` gives Codebeard 120 as the cautious choice (it costs
-# about 24 more CPU minutes, 13 in Codebeard's run and 11 in the conditioned one), not as a
+# about 20 more CPU minutes, 11 in Codebeard's run and 8 in the conditioned one), not as a
 # proven need. If your bleed matrix shows another weak
 # voice, add it there (`MultiConfig(min_steps_by_persona={...})`) and retrain.
 
