@@ -7,10 +7,11 @@
 # words, and how to read a loss curve; then you compare answers before and after on prompts
 # the model never trained on.
 #
-# **Time:** about 30 minutes with the reading. Training on a 2-core CPU (the embedded
-# SmolLM2-135M, offline: 2 epochs, 46 updates over 182 conversations) took 322 s, measured on
-# the project's test box, an AMD EPYC with native bf16 (`bench/results/train_cpu_full.json`);
-# a CPU without native bf16 trains in fp32, which ran a third slower there
+# **Time:** about 30 minutes with the reading. Run all took 4.8 minutes on a 2-core CPU, 256 s
+# of it training (the embedded SmolLM2-135M, offline: 2 epochs, 46 updates over 182
+# conversations, six validation passes), measured on the project's test box, an AMD EPYC with
+# native bf16 (`python bench/bench_lessons.py`, `bench/results/lessons_cpu.json`); a CPU
+# without native bf16 trains in fp32, which ran a third slower there
 # (`bench/results/train_cpu_autocast.json`). On Colab's free T4 (Unsloth,
 # Llama-3.2-3B-Instruct in 4-bit) training should take about 2.5 minutes after the install
 # and the model's download: an estimate from the tokens and an assumed throughput

@@ -8,9 +8,10 @@
 # both orders; scripted dialogues test whether the persona survives the fifth turn; a knowledge
 # quiz checks that the voice did not cost the facts.
 #
-# **Time:** about 25 minutes on a CPU with the local judge, most of it the 135M judge's
-# requests at 10-40 s each; on Colab with an OpenAI key about 20 minutes (both estimates: this
-# lesson's full run is not yet a committed measurement). **Hardware:** Colab's free T4 or any CPU. An OpenAI key (Colab Secrets:
+# **Time:** Run all took 27 minutes on a 2-core CPU with the local judge: 22 of them generating
+# the three systems' replies, 5 the judge and the measures (`python bench/bench_lessons.py`,
+# `bench/results/lessons_cpu.json`, an AMD EPYC with native bf16). On Colab with an OpenAI key
+# about 20 minutes (an estimate: no T4 has run it yet). **Hardware:** Colab's free T4 or any CPU. An OpenAI key (Colab Secrets:
 # `OPENAI_API_KEY`) makes the judge GPT-4o-mini, for a few cents; without one, a llama.cpp
 # server with the embedded SmolLM2-135M judges, offline and free.
 #

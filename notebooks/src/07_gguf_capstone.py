@@ -8,9 +8,10 @@
 # measure whether the voice survived the export, serve it behind an OpenAI-compatible API,
 # and write the Ollama Modelfile you will use at home.
 #
-# **Time:** about 15 minutes on a CPU with the embedded SmolLM2-135M, most of it reading: the
-# merge, f16 conversion and two quantizations took 27 s on the project's 2-core box
-# (`bench/results/export.json`). On Colab with the 3B model, 20-35 minutes and ~25 GB of disk:
+# **Time:** about 15 minutes on a CPU with the embedded SmolLM2-135M, most of it reading: Run
+# all took 68 s on the project's 2-core box (`python bench/bench_lessons.py`,
+# `bench/results/lessons_cpu.json`), the merge, f16 conversion and two quantizations 27 s of
+# it (`bench/results/export.json`). On Colab with the 3B model, 20-35 minutes and ~25 GB of disk:
 # an estimate (no T4 has run it yet), of which converting and quantizing 6 GB of weights on
 # the runtime's 2 vCPUs is about 6 minutes scaled from those measurements
 # (`bench/results/t4_estimate.json`), the rest the merge, the model download and the checks.
