@@ -23,10 +23,10 @@ matmuls run in: 4 x parameters x tokens/s (forward pass and the backward pass th
 activations, 2 + 2 FLOPs per parameter and token; the frozen weights get no gradients) over
 this machine's fp32 or bf16 matmul rate (2048 x 2048, both measured before and after every
 configuration, each taken at its best). The first optimizer step of each run is a warm-up and is
-not timed. Every configuration runs --rounds times, interleaved: on a shared machine other work
-only slows a run down, so each configuration's best round is its speed (and the shares are
-conservative). `ratio_limit_bf16` is the bf16 ceiling over the baseline: no configuration on this
-CPU can beat the baseline by more.
+not timed; each other step is timed from its start to its end. Every configuration runs --rounds
+times, interleaved: on a shared machine other work only slows a run down, so each
+configuration's best round is its speed (and the shares are conservative). `ratio_limit_bf16`
+is the bf16 ceiling over the baseline: no configuration on this CPU can beat the baseline by more.
 
 The profile (on by default) times two optimizer steps of the baseline and the project by
 operator with torch.profiler: base matmuls, LoRA matmuls, attention, the LM head and the loss,
@@ -40,6 +40,8 @@ a one-process run and reports both throughputs.
         --steps 5 --rounds 3 --no-processes --results bench/results/train_cpu_codebeard.json   # long conversations
     python bench/bench_train_cpu.py --configs project,project_compiled --steps 6 \
         --no-profile --no-processes --results bench/results/train_cpu_trials.json   # what was tried and dropped
+    python bench/bench_train_cpu.py --configs project,project_train,project_validating --steps 6 --rounds 2 \
+        --no-profile --no-processes --results bench/results/train_cpu_in_train.json   # a lesson's step, validations
     python bench/bench_train_cpu.py --full-run         # 2 epochs, baseline and project, before/after -> train_cpu_full.json
 
 `--full-run` trains the embedded default for 2 epochs over the shipped training split at
@@ -71,7 +73,11 @@ PROJECT = {"project": {}, "baseline": {"cpu_autocast": False, "cpu_attention": "
 # torch.compile of every decoder layer (regional compilation: one layer's code compiled once, with
 # dynamic sequence lengths). The eager attention implementation was a trial too, and is now the
 # project's (TrainConfig.cpu_attention); `project_sdpa` keeps the measurement of what it adds.
-TRIALS = {"project_compiled": "compile"}
+# `project_validating` validates after every step (the persona's validation split) and times only
+# the steps: does a validation pass slow the training steps after it? `project_train` is
+# persona_lib.train.train itself, as the lessons call it (its validation cadence, checkpoints,
+# loss log and manifest), on the same batches: is a lesson's training step the benchmark's step?
+TRIALS = {"project_compiled": "compile", "project_validating": "validate", "project_train": "train"}
 # TRL's defaults and the plain loop get transformers' own attention choice, SDPA.
 HF_DEFAULTS = {"cpu_attention": "sdpa"}
 CONFIGS = (*PROJECT, "trl_default", "trl_default_fp32", "plain_loop")
@@ -125,15 +131,19 @@ def project_precision(config) -> str:
 
 
 def step_timer():
-    """A callback that records (time, non-pad tokens seen) at every optimizer step's end."""
+    """A callback that records (time, non-pad tokens seen) at every optimizer step's end, and the
+    time each step began (after its batches are loaded, which takes milliseconds here)."""
     from transformers import TrainerCallback
 
     class Timer(TrainerCallback):
         def __init__(self):
-            self.marks = []
+            self.marks, self.begins = [], []
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.marks = [(time.perf_counter(), state.num_input_tokens_seen)]
+            self.marks, self.begins = [(time.perf_counter(), state.num_input_tokens_seen)], []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begins.append(time.perf_counter())
 
         def on_step_end(self, args, state, control, **kwargs):
             self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
@@ -141,12 +151,15 @@ def step_timer():
     return Timer()
 
 
-def throughput(marks: list[tuple[float, int]]) -> dict:
-    """Tokens/s over the timed steps: all but the first (warm-up) when there are two or more."""
+def throughput(marks: list[tuple[float, int]], begins: list[float] | None = None) -> dict:
+    """Tokens/s over the timed steps: all but the first (warm-up) when there are two or more.
+    With `begins` each step counts from its own start to its end, so what runs between steps
+    (a validation pass, a checkpoint) is left out; without, from one step's end to the next."""
     first = 1 if len(marks) > 2 else 0
     (t0, n0), (t1, n1) = marks[first], marks[-1]
-    return {"timed_steps": len(marks) - 1 - first, "tokens": n1 - n0, "seconds": round(t1 - t0, 2),
-            "tokens_per_second": round((n1 - n0) / (t1 - t0), 2),
+    seconds = t1 - t0 if begins is None else sum(marks[i][0] - begins[i - 1] for i in range(first + 1, len(marks)))
+    return {"timed_steps": len(marks) - 1 - first, "tokens": n1 - n0, "seconds": round(seconds, 2),
+            "tokens_per_second": round((n1 - n0) / seconds, 2),
             "first_step_seconds": round(marks[1][0] - marks[0][0], 2) if len(marks) > 1 else None}
 
 
@@ -218,7 +231,8 @@ def runs_in(name: str, precision: str) -> str:
     return "bf16" if name == "trl_default" else "fp32"
 
 
-def run_trainer(name: str, data, steps: int, workdir: Path, model_id: str, profile_steps: int = 0) -> dict:
+def run_trainer(name: str, data, steps: int, workdir: Path, model_id: str, profile_steps: int = 0,
+                eval_data=None) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from persona_lib.train import TrainConfig
@@ -233,12 +247,15 @@ def run_trainer(name: str, data, steps: int, workdir: Path, model_id: str, profi
     if TRIALS.get(name) == "compile":
         for layer in model.get_base_model().model.layers:
             layer.compile(dynamic=True)
-    common = dict(max_steps=steps, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
-                  include_num_input_tokens_seen="non_padding", logging_steps=1)
+    validating = TRIALS.get(name) == "validate"
+    common = dict(max_steps=steps, save_strategy="no", eval_strategy="steps" if validating else "no",
+                  report_to="none", disable_tqdm=True, include_num_input_tokens_seen="non_padding", logging_steps=1)
+    if validating:
+        common["eval_steps"] = 1
     if ours:
         args = sft_config(config, workdir / name, precision=precision, cuda=False, has_eval=False,
                           backend="transformers", **common)
-        trainer = build_trainer(config, model, tokenizer, args, data)
+        trainer = build_trainer(config, model, tokenizer, args, data, eval_data if validating else None)
     else:
         extra = {"bf16": False} if name == "trl_default_fp32" else {}
         args = SFTConfig(output_dir=str(workdir / name), use_cpu=True, **common, **extra)
@@ -254,12 +271,35 @@ def run_trainer(name: str, data, steps: int, workdir: Path, model_id: str, profi
     if ours:
         knobs.update(train_sampling_strategy="length-grouped (seeded, epoch-aware)", loss_type=config.loss,
                      base_weights=precision, lora_matmuls="bf16" if trainer.lora_in_bf16 else "fp32")
-    row = {**throughput(timer.marks), "examples_per_step": args.per_device_train_batch_size
+    row = {**throughput(timer.marks, timer.begins), "examples_per_step": args.per_device_train_batch_size
            * args.gradient_accumulation_steps, "runs_in": runs_in(name, precision), "settings": knobs,
            "losses": [round(r["loss"], 5) for r in trainer.state.log_history if "loss" in r]}
     if profiler:
         row["profile"] = profiler.breakdown(config.lora_r, model.get_output_embeddings().weight.shape[0])
     return row
+
+
+def run_train_function(splits: dict, steps: int, workdir: Path, model_id: str) -> dict:
+    """persona_lib.train.train on the persona's training split with its validation split, the step
+    timer added to the callbacks train() gives its trainer."""
+    import persona_lib.train as train_module
+
+    config = train_module.TrainConfig.cpu(model_id=model_id, max_steps=steps)
+    timer = step_timer()
+    callbacks = train_module.training_callbacks
+    train_module.training_callbacks = lambda *args: [*callbacks(*args), timer]
+    try:
+        out = Path(tempfile.mkdtemp(prefix="project_train_", dir=workdir))
+        result = train_module.train(config, splits["train"], out, eval_records=splits["validation"], progress=False)
+    finally:
+        train_module.training_callbacks = callbacks
+    timings = result.manifest["timings"]
+    return {**throughput(timer.marks, timer.begins), "examples_per_step": config.batch_size
+            * config.gradient_accumulation_steps, "runs_in": runs_in("project_train", project_precision(config)),
+            "settings": {"train()": "as the lessons call it", "eval_steps": config.eval_steps,
+                         "save_steps": config.save_steps},
+            "evaluate_s": timings["evaluate_s"], "checkpoint_s": timings["checkpoint_s"],
+            "losses": [round(r["loss"], 5) for r in train_module.read_loss_log(out) if "loss" in r]}
 
 
 def run_plain_loop(data, steps: int, model_id: str) -> dict:
@@ -351,6 +391,14 @@ def speed(args) -> dict:
     splits, data = training_data(args.model, args.persona)
     from persona_lib.models import load_model
 
+    validation = None
+    if any(TRIALS.get(name) == "validate" for name in configs):
+        from persona_lib.masking import build_dataset
+        from persona_lib.models import load_tokenizer
+
+        validation = build_dataset(splits["validation"], load_tokenizer(args.model),
+                                   TrainConfig().max_seq_length).dataset
+
     params = sum(p.numel() for p in load_model(args.model)[0].parameters())
     runs: dict[str, list[dict]] = {name: [] for name in configs}
     rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
@@ -359,8 +407,12 @@ def speed(args) -> dict:
             for name in configs:
                 print(f"\n== round {round_}, {name}: {args.steps} optimizer steps", flush=True)
                 before = matmul_rates()
-                row = run_plain_loop(data.dataset, args.steps, args.model) if name == "plain_loop" else \
-                    run_trainer(name, data.dataset, args.steps, Path(tmp), args.model)
+                if name == "plain_loop":
+                    row = run_plain_loop(data.dataset, args.steps, args.model)
+                elif TRIALS.get(name) == "train":
+                    row = run_train_function(splits, args.steps, Path(tmp), args.model)
+                else:
+                    row = run_trainer(name, data.dataset, args.steps, Path(tmp), args.model, eval_data=validation)
                 after = matmul_rates()
                 for kind in rates:
                     rates[kind] += [before[kind], after[kind]]
