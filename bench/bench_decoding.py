@@ -57,13 +57,15 @@ GUARDED = {"persona_probability": ("tuned", "base_prompted"), "signature": ("tun
            "knowledge": ("tuned",)}
 
 
-def echo_measures(prompts: list[dict], replies: list[str], known: set[str]) -> tuple[list[float], list[list[str]]]:
-    """Per reply: 1.0 if it echoes a word of its prompt misspelt (`metrics.misspelt_echoes`), and
-    the (reply word, prompt word) pairs found."""
-    from persona_lib.metrics import misspelt_echoes
+def echo_measures(prompts: list[dict], replies: list[str], known: set[str]) -> tuple[list[float], dict]:
+    """Per reply 1.0 if it echoes a word of its prompt misspelt (`metrics.misspelt_echoes`), and a
+    system's two entries: the rate with its interval and the (reply word, prompt word) pairs."""
+    from persona_lib.metrics import bootstrap_ci, misspelt_echoes
 
     found = [misspelt_echoes(p["messages"][-1]["content"], r, known) for p, r in zip(prompts, replies)]
-    return [float(bool(f)) for f in found], [[w, asked] for f in found for w, asked in f]
+    per = [float(bool(f)) for f in found]
+    return per, {"misspelt_echo_rate": bootstrap_ci(per),
+                 "misspelt_echoes": [[w, asked] for f in found for w, asked in f]}
 
 
 def measure(system_replies: dict, spec, classifier, questions, knowledge_answers, probes, probe_replies, *,
@@ -78,8 +80,7 @@ def measure(system_replies: dict, spec, classifier, questions, knowledge_answers
         per["misspelt_echo"], echoes = echo_measures(prompts, replies, known)
         out[system] = {
             "loop_rate": bootstrap_ci(per["loops"]),
-            "misspelt_echo_rate": bootstrap_ci(per["misspelt_echo"]),
-            "misspelt_echoes": echoes,
+            **echoes,
             "persona_probability": m.get("persona_probability"),
             "signature_rate": m["signature_rate"],
             "distinct_2": diversity(replies)["distinct_2"],
@@ -143,7 +144,7 @@ def rescore(path: Path, model_id: str) -> int:
     paired differences from greedy again; the rule's choice is recomputed and must not move
     (the echo rate is reported beside it, not part of it)."""
     from persona_lib.dataset import heldout_prompts
-    from persona_lib.metrics import bootstrap_ci, known_words
+    from persona_lib.metrics import known_words
     from persona_lib.models import load_tokenizer
     from persona_lib.spec import load_spec
 
@@ -153,9 +154,8 @@ def rescore(path: Path, model_id: str) -> int:
     rows = report["settings"]
     for name, row in rows.items():
         for system in ("tuned", "base_prompted"):
-            per, echoes = echo_measures(prompts, row[system]["replies"], known)
-            row[system].update(misspelt_echo_rate=bootstrap_ci(per), misspelt_echoes=echoes)
-            row[system]["per_reply"]["misspelt_echo"] = per
+            row[system]["per_reply"]["misspelt_echo"], echoes = echo_measures(prompts, row[system]["replies"], known)
+            row[system].update(echoes)
         print(f"{name}: replies with a misspelt echo: tuned {row['tuned']['misspelt_echo_rate']['mean']:.2f}, "
               f"base+prompt {row['base_prompted']['misspelt_echo_rate']['mean']:.2f} "
               f"{row['tuned']['misspelt_echoes'] + row['base_prompted']['misspelt_echoes']}")

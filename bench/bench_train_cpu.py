@@ -340,15 +340,20 @@ def run_plain_loop(data, steps: int, model_id: str) -> dict:
                          "train_sampling_strategy": "length-grouped"}}
 
 
-def training_data(model_id: str, persona: str = "taskmaster"):
-    from persona_lib.dataset import shipped_splits
+def tokenized(records: list[dict], model_id: str):
+    """`records` as train() tokenizes them (assistant-only labels, cut at max_seq_length)."""
     from persona_lib.masking import build_dataset
     from persona_lib.models import load_tokenizer
     from persona_lib.train import TrainConfig
 
+    return build_dataset(records, load_tokenizer(model_id), TrainConfig().max_seq_length)
+
+
+def training_data(model_id: str, persona: str = "taskmaster"):
+    from persona_lib.dataset import shipped_splits
+
     splits = shipped_splits(persona)
-    data = build_dataset(splits["train"], load_tokenizer(model_id), TrainConfig().max_seq_length)
-    return splits, data
+    return splits, tokenized(splits["train"], model_id)
 
 
 def two_processes(steps: int) -> dict:
@@ -391,13 +396,8 @@ def speed(args) -> dict:
     splits, data = training_data(args.model, args.persona)
     from persona_lib.models import load_model
 
-    validation = None
-    if any(TRIALS.get(name) == "validate" for name in configs):
-        from persona_lib.masking import build_dataset
-        from persona_lib.models import load_tokenizer
-
-        validation = build_dataset(splits["validation"], load_tokenizer(args.model),
-                                   TrainConfig().max_seq_length).dataset
+    validating = any(TRIALS.get(name) == "validate" for name in configs)
+    validation = tokenized(splits["validation"], args.model).dataset if validating else None
 
     params = sum(p.numel() for p in load_model(args.model)[0].parameters())
     runs: dict[str, list[dict]] = {name: [] for name in configs}
