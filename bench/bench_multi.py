@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -140,6 +141,9 @@ def main(argv=None) -> int:
         return {**t, "wall_s": round(wall, 2), "tokens_per_second": manifest["throughput"]["tokens_per_second"],
                 "tokens_per_second_in_steps": manifest["throughput"].get("tokens_per_second_in_steps"),
                 **{k: manifest["timings"].get(k) for k in ("evaluate_s", "checkpoint_s")},
+                # the process's peak resident memory so far (the runs share one process): it shows
+                # whether kept freed memory (trainer.kept_memory) piles up over a long run
+                "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
                 "matmul_gflops": rates_before_after(before, after)}
 
     training = {}

@@ -6,11 +6,13 @@ optimizer steps (8 conversations each) for every configuration, in one process:
 
 - ``project``: persona_lib.train's CPU configuration (TrainConfig.cpu() through SFTTrainer: fp32,
   or on a CPU with native bf16 bf16 base weights with the LoRA matmuls in bf16 too, fp32 LoRA
-  weights; eager attention);
-- ``baseline``: the configuration before those two changes (``cpu_autocast=False``: fp32 LoRA
-  matmuls on bf16 base weights; SDPA attention), on exactly the same batches, so their loss
-  curves are compared step by step;
+  weights; eager attention; freed memory kept for the next step, trainer.kept_memory);
+- ``baseline``: the configuration before those changes (``cpu_autocast=False``: fp32 LoRA
+  matmuls on bf16 base weights; SDPA attention; glibc's default malloc), on exactly the same
+  batches, so their loss curves are compared step by step;
 - ``project_sdpa``: the project's configuration with SDPA attention (what eager attention adds);
+- ``project_malloc``: the project's configuration with glibc's default malloc, which hands freed
+  memory back to the kernel (what keeping it adds);
 - ``project_batch8``: the project's configuration at batch 8 without accumulation (a shape check);
 - ``project_fp32``: the project's configuration in fp32, what a CPU without native bf16 runs;
 - ``trl_default``: TRL's SFTConfig defaults (bf16 autocast, gradient checkpointing, batch 8
@@ -66,8 +68,8 @@ from persona_lib.llama_build import cpu_model
 RESULTS = Path(__file__).parent / "results"
 # The project's own configurations: TrainConfig.cpu() with these changes.
 # `baseline` is the configuration this benchmark's issue measured: fp32 LoRA matmuls, SDPA.
-PROJECT = {"project": {}, "baseline": {"cpu_autocast": False, "cpu_attention": "sdpa"},
-           "project_sdpa": {"cpu_attention": "sdpa"},
+PROJECT = {"project": {}, "baseline": {"cpu_autocast": False, "cpu_attention": "sdpa", "cpu_keep_memory": False},
+           "project_sdpa": {"cpu_attention": "sdpa"}, "project_malloc": {"cpu_keep_memory": False},
            "project_batch8": {"batch_size": 8, "gradient_accumulation_steps": 1}, "project_fp32": {"precision": "fp32"}}
 # Tried on the project's configuration, kept out of it (and out of the default run) unless they help:
 # torch.compile of every decoder layer (regional compilation: one layer's code compiled once, with
@@ -132,23 +134,38 @@ def project_precision(config) -> str:
 
 def step_timer():
     """A callback that records (time, non-pad tokens seen) at every optimizer step's end, and the
-    time each step began (after its batches are loaded, which takes milliseconds here)."""
+    time each step began (after its batches are loaded, which takes milliseconds here), and the
+    process's minor page faults at each step's end."""
     from transformers import TrainerCallback
 
     class Timer(TrainerCallback):
         def __init__(self):
-            self.marks, self.begins = [], []
+            self.marks, self.begins, self.faults = [], [], []
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.marks, self.begins = [(time.perf_counter(), state.num_input_tokens_seen)], []
+            self.faults = [minor_faults()]
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.begins.append(time.perf_counter())
 
         def on_step_end(self, args, state, control, **kwargs):
             self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
+            self.faults.append(minor_faults())
+
+        def page_faults_per_step(self) -> int:
+            """Over the timed steps: all but the first, as `throughput` counts them."""
+            first = 1 if len(self.faults) > 2 else 0
+            return round((self.faults[-1] - self.faults[first]) / max(len(self.faults) - 1 - first, 1))
 
     return Timer()
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far: memory the kernel mapped and zeroed for it."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def throughput(marks: list[tuple[float, int]], begins: list[float] | None = None) -> dict:
@@ -270,9 +287,11 @@ def run_trainer(name: str, data, steps: int, workdir: Path, model_id: str, profi
                                            "gradient_accumulation_steps", "loss_type", "train_sampling_strategy")}
     if ours:
         knobs.update(train_sampling_strategy="length-grouped (seeded, epoch-aware)", loss_type=config.loss,
-                     base_weights=precision, lora_matmuls="bf16" if trainer.lora_in_bf16 else "fp32")
+                     base_weights=precision, lora_matmuls="bf16" if trainer.lora_in_bf16 else "fp32",
+                     freed_memory="kept" if trainer.keep_memory else "returned to the kernel")
     row = {**throughput(timer.marks, timer.begins), "examples_per_step": args.per_device_train_batch_size
-           * args.gradient_accumulation_steps, "runs_in": runs_in(name, precision), "settings": knobs,
+           * args.gradient_accumulation_steps, "page_faults_per_step": timer.page_faults_per_step(),
+           "runs_in": runs_in(name, precision), "settings": knobs,
            "losses": [round(r["loss"], 5) for r in trainer.state.log_history if "loss" in r]}
     if profiler:
         row["profile"] = profiler.breakdown(config.lora_r, model.get_output_embeddings().weight.shape[0])
@@ -295,7 +314,8 @@ def run_train_function(splits: dict, steps: int, workdir: Path, model_id: str) -
         train_module.training_callbacks = callbacks
     timings = result.manifest["timings"]
     return {**throughput(timer.marks, timer.begins), "examples_per_step": config.batch_size
-            * config.gradient_accumulation_steps, "runs_in": runs_in("project_train", project_precision(config)),
+            * config.gradient_accumulation_steps, "page_faults_per_step": timer.page_faults_per_step(),
+            "runs_in": runs_in("project_train", project_precision(config)),
             "settings": {"train()": "as the lessons call it", "eval_steps": config.eval_steps,
                          "save_steps": config.save_steps},
             "evaluate_s": timings["evaluate_s"], "checkpoint_s": timings["checkpoint_s"],

@@ -1,6 +1,7 @@
 """TrainConfig, the backend and precision decisions, and a whole training run on the tiny model."""
 
 import json
+import platform
 
 import pytest
 
@@ -361,6 +362,87 @@ def test_lora_matmuls_run_in_bf16_on_bf16_base_weights_and_learn_the_same(tiny_p
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in lora)
     assert torch.allclose(fast, slow, rtol=1e-2)
     assert torch.nn.functional.cosine_similarity(fast_grads, slow_grads, dim=0) > 0.99
+
+
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+# Run in a fresh process: whether a block comes from the heap depends on the free chunks that
+# earlier tests left there.
+HEAP_PROBE = """
+from pathlib import Path
+import torch
+from persona_lib.trainer import kept_memory
+
+def heap():
+    line = next(l for l in Path("/proc/self/maps").read_text().splitlines() if l.endswith("[heap]"))
+    return [int(x, 16) for x in line.split()[0].split("-")]
+
+def in_heap(block):
+    start, end = heap()
+    return start <= block.data_ptr() < end
+
+MB48 = 48 * 2**20  # one long batch's attention matrices on the embedded model
+block = torch.ones(MB48, dtype=torch.uint8)
+assert not in_heap(block), "outside: a mapping of its own, unmapped when freed"
+del block
+with kept_memory():
+    block = torch.ones(MB48, dtype=torch.uint8)
+    assert in_heap(block), "inside: from the heap"
+    kept = heap()[1]
+    del block
+    assert heap()[1] == kept, "inside: freed, and the heap keeps it"
+assert heap()[1] < kept, "leaving trims the heap"
+block = torch.ones(MB48, dtype=torch.uint8)
+assert not in_heap(block), "after: large blocks are mapped on their own again"
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="kept_memory tunes glibc's malloc; elsewhere it does nothing")
+def test_kept_memory_keeps_large_blocks_in_the_heap_and_gives_them_back_on_leaving():
+    """Outside the block glibc maps a 48 MB block on its own and unmaps it when freed, so the
+    next step's block is faulted in page by page again; inside, it comes from the heap and stays
+    there when freed; leaving trims the heap, and large blocks get their own mappings again."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", HEAP_PROBE], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_cpu_training_keeps_freed_memory_only_while_it_trains(tiny_path, tmp_path, monkeypatch, keep):
+    """`cpu_keep_memory` reaches the trainer: train()'s training loop runs inside kept_memory
+    (seen from a callback at each step) only when it is on, and leaves it when training ends."""
+    import contextlib
+
+    from transformers import TrainerCallback
+
+    import persona_lib.train as train_module
+    import persona_lib.trainer as trainer_module
+
+    inside, seen = [], []
+    real = trainer_module.kept_memory
+
+    @contextlib.contextmanager
+    def recorded():
+        with real():
+            inside.append(True)
+            try:
+                yield
+            finally:
+                inside.pop()
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(bool(inside))
+
+    monkeypatch.setattr(trainer_module, "kept_memory", recorded)
+    callbacks = train_module.training_callbacks
+    monkeypatch.setattr(train_module, "training_callbacks", lambda *args: [*callbacks(*args), Probe()])
+    train(TrainConfig.smoke(max_steps=2, eval_steps=0, cpu_keep_memory=keep), load_shipped("taskmaster")[:8],
+          tmp_path, eval_records=[], progress=False)
+    assert seen == [keep, keep] and not inside
 
 
 def test_cpu_attention_is_eager_for_short_sequences_and_sdpa_for_long_ones(tiny_path):
