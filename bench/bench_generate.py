@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from fault_server import FaultConfig, FaultServer  # noqa: E402
-
 from persona_lib import dataset, generate, io, llm  # noqa: E402
 from persona_lib.spec import load_spec  # noqa: E402
 

@@ -44,6 +44,8 @@ a one-process run and reports both throughputs.
         --no-profile --no-processes --results bench/results/train_cpu_trials.json   # what was tried and dropped
     python bench/bench_train_cpu.py --configs project,project_train,project_validating --steps 6 --rounds 2 \
         --no-profile --no-processes --results bench/results/train_cpu_in_train.json   # a lesson's step, validations
+    python bench/bench_train_cpu.py --configs project,project_malloc,baseline --steps 8 --rounds 3 \
+        --no-profile --no-processes --results bench/results/train_cpu_memory.json   # kept freed memory
     python bench/bench_train_cpu.py --full-run         # 2 epochs, baseline and project, before/after -> train_cpu_full.json
 
 `--full-run` trains the embedded default for 2 epochs over the shipped training split at

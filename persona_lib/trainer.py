@@ -1,6 +1,6 @@
 """TRL's side of training: the SFTConfig for a TrainConfig and the SFTTrainer subclass both
 backends train with (length-grouped batches, the LM head only on labelled tokens, LoRA matmuls
-in bf16 on a CPU with bf16 base weights), plus the callbacks that write the loss log and draw
+in bf16 on a CPU with bf16 base weights, freed memory kept for the next step on a CPU), plus the callbacks that write the loss log and draw
 the progress bar. `persona_lib.train.train` builds and runs it."""
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def sft_config(config: TrainConfig, output_dir: str | os.PathLike, *, precision:
     bf16 LoRA matmuls 345 (45% of bf16), fp32 LoRA matmuls 285 (37%), in fp32 219 (61% of
     fp32), a plain fp32 PyTorch loop 213 (60%), TRL's defaults 154 (20% of bf16), TRL's
     defaults with bf16 off 102 (29% of fp32); eager attention then adds 1.05-1.16x
-    (train_cpu_attention.json).
+    (train_cpu_attention.json), and keeping freed memory for the next step (`kept_memory`)
+    1.01-1.07x round by round (train_cpu_memory.json, train_cpu_memory_codebeard.json).
     """
     from trl import SFTConfig
 

@@ -16,7 +16,15 @@ import os
 from pathlib import Path
 
 from persona_lib.spec import (
-    SCORES, PersonaSpec, SpecError, SpecProblem, load_spec, save_spec, spec_from_dict, system_prompt, validate_spec,
+    SCORES,
+    PersonaSpec,
+    SpecError,
+    SpecProblem,
+    load_spec,
+    save_spec,
+    spec_from_dict,
+    system_prompt,
+    validate_spec,
 )
 
 _TEXT = ("name", "slug")

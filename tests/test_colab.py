@@ -56,8 +56,9 @@ def test_release_tag_package_version_and_badges_agree():
     """The badges and the install cell open and install `RELEASE_TAG`; it must be the package's
     version, and every badge in the README and the notebooks must point at it."""
     import re
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parent.parent
     version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]

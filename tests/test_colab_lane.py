@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from nb_checks import checks_for
+
 from persona_lib import colab
 from persona_lib.paths import cache_dir
 

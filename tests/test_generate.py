@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_server import completion, good_content, item_key
 
+from fault_server import completion, good_content, item_key
 from persona_lib import dataset, dedup, generate, llm, teacher
 from persona_lib.spec import load_spec
 

@@ -1,9 +1,10 @@
-"""The house in order: no import cycle between persona_lib's modules, and every repository file
-that the code, notebooks and docs name exists."""
+"""The house in order: no import cycle between persona_lib's modules, every repository file
+that the code, notebooks and docs name exists, and the tree passes the lint."""
 
 import ast
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,3 +104,11 @@ def test_every_repository_file_named_in_code_and_docs_exists():
                     continue
                 missing.append(f"{name}:{line_no}: {ref}")
     assert not missing, "named but not in the repository:\n" + "\n".join(missing)
+
+
+def test_the_tree_passes_ruff():
+    """No unused or undefined names, imports in order: pyproject.toml's [tool.ruff] over the
+    library, notebooks' sources, scripts, benchmarks and tests."""
+    run = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", str(ROOT)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

@@ -6,8 +6,19 @@ import pytest
 
 from judge_servers import ObeysOutsideFence, PrefersFirst, outside_fences
 from persona_lib import judge as judge_mod
-from persona_lib.judge import (Judge, JudgeBudgetError, JudgeConfig, agreement, escape, fence, pair_messages,
-                               pairwise_outcome, parse_scores, score_messages, win_rate)
+from persona_lib.judge import (
+    Judge,
+    JudgeBudgetError,
+    JudgeConfig,
+    agreement,
+    escape,
+    fence,
+    pair_messages,
+    pairwise_outcome,
+    parse_scores,
+    score_messages,
+    win_rate,
+)
 from persona_lib.spec import load_spec
 
 CONV = [{"role": "user", "content": "I have three deadlines on Friday. Where do I start?"}]

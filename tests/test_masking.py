@@ -3,8 +3,8 @@ conversations and check that exactly the assistant turns are trained, in the emb
 ChatML template and in Llama 3's (a locally built tokenizer fixture)."""
 
 import pytest
-
 from fixtures.chat_tokenizers import llama3_tokenizer
+
 from persona_lib.dataset import load_shipped
 from persona_lib.masking import build_dataset, tokenize_conversation, trained_spans
 

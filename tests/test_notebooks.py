@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from nb_checks import checks_for
+
 from persona_lib import colab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +133,6 @@ def test_a_persona_of_your_own_runs_through_the_chapter_and_lesson_1_edits_reach
     """Chef Rosa through all seven notebooks in smoke mode, in one run folder, with the spec
     edited after lesson 1 (tests/nb_checks/own_persona.py says what is checked)."""
     import papermill
-
     from nb_checks.own_persona import run_chain
 
     runs = tmp_path / "runs"
@@ -185,8 +184,8 @@ def test_lessons_4_and_7_run_on_a_model_with_the_llama_3_2_template(tmp_path, mo
     served in lesson 7, which finds the end of turn (<|eot_id|>) from the template, tokenizes
     prompts in the GGUF exactly as in HF, and writes a Modelfile that stops where it should."""
     import papermill
-
     from fixtures.chat_tokenizers import tiny_llama3_model
+
     from persona_lib import ollama
 
     model = tiny_llama3_model(tmp_path / "tiny-llama3")

@@ -4,7 +4,6 @@ import re
 from importlib import metadata
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 
 # unsloth 2026.10.9's declared ranges (its wheel's METADATA), which Colab must satisfy.

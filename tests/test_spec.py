@@ -10,8 +10,19 @@ from pathlib import Path
 import pytest
 
 from persona_lib.spec import (
-    PersonaSpec, SpecError, Trait, load_spec, rubric, rubric_text, save_spec, spec_from_dict,
-    spec_from_yaml, spec_to_dict, spec_to_yaml, system_prompt, validate_spec,
+    PersonaSpec,
+    SpecError,
+    Trait,
+    load_spec,
+    rubric,
+    rubric_text,
+    save_spec,
+    spec_from_dict,
+    spec_from_yaml,
+    spec_to_dict,
+    spec_to_yaml,
+    system_prompt,
+    validate_spec,
 )
 
 SPECS_DIR = Path(__file__).resolve().parents[1] / "persona_data" / "specs"

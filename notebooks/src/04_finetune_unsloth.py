@@ -242,6 +242,8 @@ saved = io.write_json(adapter_dir / "style_check.json",
 # ![sweep](https://raw.githubusercontent.com/persona-lab/persona-lab/v0.1.0/bench/results/sweep_style.png)
 
 # %%
+from IPython.display import display
+
 sweep = Path(train.__file__).resolve().parents[1] / "bench" / "results" / "sweep_style.json"
 if sweep.is_file():
     data = io.read_json(sweep)
