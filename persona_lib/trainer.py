@@ -1,6 +1,6 @@
 """TRL's side of training: the SFTConfig for a TrainConfig and the SFTTrainer subclass both
 backends train with (length-grouped batches, the LM head only on labelled tokens, LoRA matmuls
-in bf16 on a CPU with bf16 base weights, freed memory kept for the next step on a CPU), plus the callbacks that write the loss log and draw
+in bf16 on a CPU with bf16 base weights, and, asked for, freed memory kept between steps), plus the callbacks that write the loss log and draw
 the progress bar. `persona_lib.train.train` builds and runs it."""
 
 from __future__ import annotations
@@ -59,7 +59,15 @@ def kept_memory():
     what PyTorch's CPU tuning guide gets by preloading jemalloc or tcmalloc; mallopt needs no
     library and can be undone. On leaving, blocks over 32 MB are unmapped again and the heap
     trimmed beyond 64 MB (where glibc's own thresholds settle during training), and the kept
-    memory goes back to the kernel (malloc_trim). Nothing happens on a C library other than glibc."""
+    memory goes back to the kernel (malloc_trim). Nothing happens on a C library other than glibc.
+
+    The cost is memory: the heap only grows. Torch asks for 64-byte aligned blocks, so a freed
+    block is a little too small for the same request next time and the heap extends instead.
+    Lesson 6's four trainings took 63 minutes instead of 72 with it, but the process's peak
+    resident memory reached 18 GB in Captain Codebeard's 120 updates
+    (bench/results/multi_training_kept_memory.json; after 16 updates, each in a fresh process,
+    7.8 GB against 6.7 GB without it, bench/bench_kept_memory.py). Hence
+    TrainConfig.cpu_keep_memory is off by default."""
     libc = ctypes.CDLL("libc.so.6") if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" else None
     if libc is None:
         yield
@@ -91,8 +99,9 @@ def sft_config(config: TrainConfig, output_dir: str | os.PathLike, *, precision:
     bf16 LoRA matmuls 345 (45% of bf16), fp32 LoRA matmuls 285 (37%), in fp32 219 (61% of
     fp32), a plain fp32 PyTorch loop 213 (60%), TRL's defaults 154 (20% of bf16), TRL's
     defaults with bf16 off 102 (29% of fp32); eager attention then adds 1.05-1.16x
-    (train_cpu_attention.json), and keeping freed memory for the next step (`kept_memory`)
-    1.01-1.07x round by round (train_cpu_memory.json, train_cpu_memory_codebeard.json).
+    (train_cpu_attention.json). Keeping freed memory for the next step (`kept_memory`,
+    `cpu_keep_memory`) adds 1.01-1.07x round by round (train_cpu_memory.json) and 1.15x over
+    lesson 6's four trainings, but is off by default: see kept_memory.
     """
     from trl import SFTConfig
 
