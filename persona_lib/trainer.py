@@ -54,16 +54,17 @@ def kept_memory():
     A training step allocates and frees the same few GB of activations every time. By default
     glibc unmaps each freed block over 32 MB (the attention matrices of a long batch, the LM
     head's logits) and trims the heap top beyond 64 MB, so the next step maps all of it again
-    and the kernel zeroes it page by page: about 540,000 page faults a step at 4 x 486 tokens on
-    the embedded model, 8,000 inside this block (measured with getrusage). The same effect is
+    and the kernel zeroes it page by page: 87,000 to 140,000 page faults a step on TaskMaster's
+    data on the embedded model, 0 to 300 inside this block (bench/results/train_cpu_memory.json,
+    where the project's configuration was then run with it). The same effect is
     what PyTorch's CPU tuning guide gets by preloading jemalloc or tcmalloc; mallopt needs no
     library and can be undone. On leaving, blocks over 32 MB are unmapped again and the heap
     trimmed beyond 64 MB (where glibc's own thresholds settle during training), and the kept
     memory goes back to the kernel (malloc_trim). Nothing happens on a C library other than glibc.
 
-    The cost is memory: the heap only grows. Torch asks for 64-byte aligned blocks, so a freed
-    block is a little too small for the same request next time and the heap extends instead.
-    Lesson 6's four trainings took 63 minutes instead of 72 with it, but the process's peak
+    The cost is memory: the heap only grows, and it grows past what a step needs, because a
+    freed block that does not fit the next request exactly is passed over for fresh memory
+    (which blocks, over a whole run, is not pinned down). Lesson 6's four trainings took 63 minutes instead of 72 with it, but the process's peak
     resident memory reached 18 GB in Captain Codebeard's 120 updates
     (bench/results/multi_training_kept_memory.json; after 16 updates, each in a fresh process,
     7.8 GB against 6.7 GB without it, bench/bench_kept_memory.py). Hence
