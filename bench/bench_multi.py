@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -131,7 +130,7 @@ def main(argv=None) -> int:
     # ---- training, each design from scratch. This machine's matmul rates are read before and after
     # each run (bench_train_cpu's 2048 x 2048 reading, 4 s): a shared host can be slower for a while,
     # and the rates say whether a training time was taken on a machine at its usual speed.
-    from bench_train_cpu import matmul_rates, rates_before_after  # bench/ is on sys.path when run as a script
+    from bench_train_cpu import matmul_rates, peak_rss_gb, rates_before_after  # bench/ is on sys.path when run as a script
 
     def train_timed(folder, train_config, records) -> dict:
         before = matmul_rates()
@@ -143,7 +142,7 @@ def main(argv=None) -> int:
                 **{k: manifest["timings"].get(k) for k in ("evaluate_s", "checkpoint_s")},
                 # the process's peak resident memory so far (the runs share one process): it shows
                 # whether kept freed memory (trainer.kept_memory) piles up over a long run
-                "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                "peak_rss_gb": peak_rss_gb(),
                 "matmul_gflops": rates_before_after(before, after)}
 
     training = {}

@@ -17,6 +17,8 @@ optimizer steps (8 conversations each) for every configuration, in one process:
   them, the values its dynamic thresholds settle at during training anyway; each row records
   its page faults per step. (Until commit 6fa321e this was the project's default, and
   ``project_malloc`` the trial without it: train_cpu_memory*.json use those names);
+- ``project_whole_loss``: the project's configuration with the LM head and loss over all of a
+  batch's labelled positions at once, as before they were chunked (trainer.LOSS_CHUNK_BYTES);
 - ``project_batch8``: the project's configuration at batch 8 without accumulation (a shape check);
 - ``project_fp32``: the project's configuration in fp32, what a CPU without native bf16 runs;
 - ``trl_default``: TRL's SFTConfig defaults (bf16 autocast, gradient checkpointing, batch 8
@@ -85,7 +87,10 @@ PROJECT = {"project": {}, "baseline": {"cpu_autocast": False, "cpu_attention": "
 # the steps: does a validation pass slow the training steps after it? `project_train` is
 # persona_lib.train.train itself, as the lessons call it (its validation cadence, checkpoints,
 # loss log and manifest), on the same batches: is a lesson's training step the benchmark's step?
-TRIALS = {"project_compiled": "compile", "project_validating": "validate", "project_train": "train"}
+# `project_whole_loss` computes the LM head and loss over all labelled positions at once, as the
+# project did before it chunked them (trainer.LOSS_CHUNK_BYTES).
+TRIALS = {"project_compiled": "compile", "project_validating": "validate", "project_train": "train",
+          "project_whole_loss": "whole_loss"}
 # TRL's defaults and the plain loop get transformers' own attention choice, SDPA.
 HF_DEFAULTS = {"cpu_attention": "sdpa"}
 CONFIGS = (*PROJECT, "trl_default", "trl_default_fp32", "plain_loop")
@@ -160,8 +165,8 @@ def step_timer():
             self.faults.append(minor_faults())
 
         def page_faults_per_step(self) -> int:
-            """Over the timed steps: all but the first, as `throughput` counts them."""
-            first = 1 if len(self.faults) > 2 else 0
+            """Over the timed steps, as `throughput` counts them."""
+            first = first_timed(len(self.faults))
             return round((self.faults[-1] - self.faults[first]) / max(len(self.faults) - 1 - first, 1))
 
     return Timer()
@@ -174,11 +179,24 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+def first_timed(marks: int) -> int:
+    """Of `marks` step-end readings (the first taken at the start), the one timing starts from:
+    the first step is warm-up and left out when there are two or more steps."""
+    return 1 if marks > 2 else 0
+
+
 def throughput(marks: list[tuple[float, int]], begins: list[float] | None = None) -> dict:
     """Tokens/s over the timed steps: all but the first (warm-up) when there are two or more.
     With `begins` each step counts from its own start to its end, so what runs between steps
     (a validation pass, a checkpoint) is left out; without, from one step's end to the next."""
-    first = 1 if len(marks) > 2 else 0
+    first = first_timed(len(marks))
     (t0, n0), (t1, n1) = marks[first], marks[-1]
     seconds = t1 - t0 if begins is None else sum(marks[i][0] - begins[i - 1] for i in range(first + 1, len(marks)))
     return {"timed_steps": len(marks) - 1 - first, "tokens": n1 - n0, "seconds": round(seconds, 2),
@@ -279,6 +297,8 @@ def run_trainer(name: str, data, steps: int, workdir: Path, model_id: str, profi
         args = sft_config(config, workdir / name, precision=precision, cuda=False, has_eval=False,
                           backend="transformers", **common)
         trainer = build_trainer(config, model, tokenizer, args, data, eval_data if validating else None)
+        if TRIALS.get(name) == "whole_loss":
+            trainer.loss_chunk_rows = 2**31
     else:
         extra = {"bf16": False} if name == "trl_default_fp32" else {}
         args = SFTConfig(output_dir=str(workdir / name), use_cpu=True, **common, **extra)
@@ -294,7 +314,8 @@ def run_trainer(name: str, data, steps: int, workdir: Path, model_id: str, profi
     if ours:
         knobs.update(train_sampling_strategy="length-grouped (seeded, epoch-aware)", loss_type=config.loss,
                      base_weights=precision, lora_matmuls="bf16" if trainer.lora_in_bf16 else "fp32",
-                     freed_memory="kept" if trainer.keep_memory else "returned to the kernel")
+                     freed_memory="kept" if trainer.keep_memory else "returned to the kernel",
+                     loss_chunk_rows=trainer.loss_chunk_rows or "LOSS_CHUNK_BYTES")
     row = {**throughput(timer.marks, timer.begins), "examples_per_step": args.per_device_train_batch_size
            * args.gradient_accumulation_steps, "page_faults_per_step": timer.page_faults_per_step(),
            "runs_in": runs_in(name, precision), "settings": knobs,

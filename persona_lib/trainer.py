@@ -1,7 +1,8 @@
 """TRL's side of training: the SFTConfig for a TrainConfig and the SFTTrainer subclass both
 backends train with (length-grouped batches, the LM head only on labelled tokens, LoRA matmuls
-in bf16 on a CPU with bf16 base weights, and, asked for, freed memory kept between steps), plus the callbacks that write the loss log and draw
-the progress bar. `persona_lib.train.train` builds and runs it."""
+in bf16 on a CPU with bf16 base weights, and, asked for, freed memory kept between steps),
+plus the callbacks that write the loss log and draw the progress bar. `persona_lib.train.train`
+builds and runs it."""
 
 from __future__ import annotations
 
@@ -38,6 +39,15 @@ def eval_interval(eval_steps: int, total_steps: int) -> int | None:
         raise ValueError("eval_steps=-1 spaces validation over the run: give its total_steps")
     return math.ceil(total_steps / VALIDATIONS)
 
+
+# The LM head and its cross-entropy run over the labelled positions in chunks of at most this
+# many bytes of fp32 logits (128 positions of SmolLM2's 49,152-token vocabulary). The result is
+# the same; the blocks are not. Whole, a batch's logits and their softmax are a few blocks of
+# 100-400 MB, each of a new size every batch: glibc maps every block over 32 MB on its own and
+# unmaps it when freed, so each step had the kernel map and zero them again page by page, and a
+# heap that keeps them (kept_memory) fragments around them. Under 32 MB they come from the heap
+# and are reused step after step. FIGURES
+LOSS_CHUNK_BYTES = 24 * 2**20
 
 # glibc's mallopt parameters (malloc.h) and the values kept_memory leaves behind.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
@@ -177,6 +187,7 @@ def _trainer_class():
     class PersonaSFTTrainer(SFTTrainer):
         group_by_length = True
         target_logits = False
+        loss_chunk_rows = 0  # 0: as many labelled positions as fit LOSS_CHUNK_BYTES of fp32 logits
         lora_in_bf16 = False
         keep_memory = False
 
@@ -228,8 +239,11 @@ def _trainer_class():
                 hook.remove()
             target = inputs["labels"][:, 1:]
             keep = target != -100
-            logits = causal_lm.get_output_embeddings()(hidden[0][:, :-1][keep]).float()
-            loss = torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum")
+            head, rows, labels = causal_lm.get_output_embeddings(), hidden[0][:, :-1][keep], target[keep]
+            chunk = self.loss_chunk_rows or max(1, LOSS_CHUNK_BYTES // (4 * head.weight.shape[0]))
+            loss = sum(torch.nn.functional.cross_entropy(head(rows[i:i + chunk]).float(), labels[i:i + chunk],
+                                                         reduction="sum")
+                       for i in range(0, max(len(rows), 1), chunk))  # no labels: one empty chunk, a zero loss
             # Divided by the labelled tokens of the whole accumulated batch, like HF's own loss.
             loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1))
             if num_items_in_batch is not None and self.args.average_tokens_across_devices:

@@ -233,15 +233,18 @@ def test_the_embedded_model_learns_a_reply_and_to_stop(tmp_path):
     assert tokenizer.decode(out[0, ids["input_ids"].shape[1]:]) == "Two of five done. Next: the QA sign-off.<|im_end|>"
 
 
-def test_target_logits_loss_and_gradients_equal_the_full_vocabulary_loss(tiny_path, tmp_path):
-    """The CPU path's loss projects only labelled positions onto the vocabulary; it must be the
-    same number, with the same gradients, as HF's loss over every position."""
+@pytest.mark.parametrize("chunk_rows", [0, 7, 2**31])
+def test_target_logits_loss_and_gradients_equal_the_full_vocabulary_loss(tiny_path, tmp_path, chunk_rows):
+    """The CPU path's loss projects only labelled positions onto the vocabulary, in chunks of
+    positions; it must be the same number, with the same gradients, as HF's loss over every
+    position: in the default chunks (128 positions of the 49k vocabulary: two chunks here),
+    7 positions at a time, or all at once."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     from persona_lib.masking import build_dataset
     from persona_lib.models import load_model
-    from persona_lib.trainer import build_trainer, sft_config
+    from persona_lib.trainer import LOSS_CHUNK_BYTES, build_trainer, sft_config
 
     model, tokenizer = load_model("tiny")
     torch.manual_seed(0)
@@ -252,7 +255,10 @@ def test_target_logits_loss_and_gradients_equal_the_full_vocabulary_loss(tiny_pa
     args = sft_config(config, tmp_path, precision="fp32", cuda=False, has_eval=False, backend="transformers")
     trainer = build_trainer(config, model, tokenizer, args, data.dataset)
     assert trainer.target_logits
+    trainer.loss_chunk_rows = chunk_rows
     batch = trainer.data_collator([data.dataset[i] for i in range(4)])
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert labelled > LOSS_CHUNK_BYTES // (4 * model.get_output_embeddings().weight.shape[0])  # two chunks
     lora = [p for n, p in model.named_parameters() if "lora_" in n]
 
     def loss_and_grads(compute):
