@@ -15,9 +15,10 @@ split, without validation passes, under each of --settings:
 
 Each run records, after every update, the process's resident memory, the size of glibc's heap
 and the minor page faults so far (memory the kernel mapped and zeroed for it); the JSON holds
-those traces, the peak resident memory (ru_maxrss), the train() time and tokens/s in steps.
+those traces, the peak resident memory (ru_maxrss), the train() time and tokens/s in steps;
+the traces are drawn beside it (.png).
 
-    python bench/bench_kept_memory.py --persona captain_codebeard --steps 40   # -> kept_memory.json
+    python bench/bench_kept_memory.py --persona captain_codebeard --steps 40   # -> kept_memory.json, .png
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from persona_lib.io import write_json
 from persona_lib.llama_build import cpu_model
+from persona_lib.plots import memory_traces
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = ("default", "kept", "thp", "default_whole_loss", "kept_whole_loss")
@@ -115,7 +117,10 @@ def main(argv=None) -> int:
         run["peak_vs_first"] = round(run["peak_rss_gb"] / first["peak_rss_gb"], 2)
     write_json(args.results, {"what": __doc__.splitlines()[0], "persona": args.persona, "steps": args.steps,
                               "cpu": cpu_model(), "runs": runs})
-    print(f"wrote {args.results}")
+    figure = Path(args.results).with_suffix(".png")
+    memory_traces({run["setting"]: run["trace"] for run in runs},
+                  title=f"{args.persona}: {args.steps} updates, each setting in a fresh process", path=figure)
+    print(f"wrote {args.results} and {figure}")
     return 0
 
 

@@ -130,7 +130,8 @@ def main(argv=None) -> int:
     # ---- training, each design from scratch. This machine's matmul rates are read before and after
     # each run (bench_train_cpu's 2048 x 2048 reading, 4 s): a shared host can be slower for a while,
     # and the rates say whether a training time was taken on a machine at its usual speed.
-    from bench_train_cpu import matmul_rates, peak_rss_gb, rates_before_after  # bench/ is on sys.path when run as a script
+    # bench/ is on sys.path when this file runs as a script
+    from bench_train_cpu import matmul_rates, peak_rss_gb, rates_before_after
 
     def train_timed(folder, train_config, records) -> dict:
         before = matmul_rates()

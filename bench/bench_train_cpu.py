@@ -52,6 +52,8 @@ a one-process run and reports both throughputs.
         --no-profile --no-processes --results bench/results/train_cpu_in_train.json   # a lesson's step, validations
     python bench/bench_train_cpu.py --configs project_kept_memory,project,baseline --steps 8 --rounds 3 \
         --no-profile --no-processes --results bench/results/train_cpu_memory.json   # kept freed memory
+    python bench/bench_train_cpu.py --persona captain_codebeard --configs project,project_whole_loss,project_kept_memory \
+        --steps 6 --rounds 3 --no-profile --no-processes --results bench/results/train_cpu_loss_chunks.json
     python bench/bench_train_cpu.py --full-run         # 2 epochs, baseline and project, before/after -> train_cpu_full.json
 
 `--full-run` trains the embedded default for 2 epochs over the shipped training split at

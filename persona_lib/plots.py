@@ -278,6 +278,24 @@ def drift_lines(per_turn: Mapping[str, Sequence[Mapping]], *, ylabel: str, title
     return _finish(fig, path)
 
 
+def memory_traces(traces: Mapping[str, Sequence[Mapping]], *, title: str = "Memory of a CPU training",
+                  path: str | os.PathLike | None = None):
+    """Resident memory (solid) and the size of glibc's heap (dashed) after every update, one
+    colour per setting (`bench/bench_kept_memory.py`): does the process level off or keep growing?"""
+    fig = new_figure()
+    ax = fig.add_subplot()
+    for name, rows in traces.items():
+        steps = [r["step"] for r in rows]
+        (line,) = ax.plot(steps, [r["resident_gb"] for r in rows], label=f"{name}: resident")
+        ax.plot(steps, [r["heap_gb"] for r in rows], linestyle="--", color=line.get_color(), label=f"{name}: heap")
+    ax.set_xlabel("update")
+    ax.set_ylabel("GiB")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return _finish(fig, path)
+
+
 def generation_report_figure(report: Mapping, *, baseline_coverage: Mapping[str, float] | None = None,
                              title: str = "Generated batch", path: str | os.PathLike | None = None):
     """A generation run at a glance (`generate.run(...).report`). Left: what became of each

@@ -44,9 +44,12 @@ def eval_interval(eval_steps: int, total_steps: int) -> int | None:
 # many bytes of fp32 logits (128 positions of SmolLM2's 49,152-token vocabulary). The result is
 # the same; the blocks are not. Whole, a batch's logits and their softmax are a few blocks of
 # 100-400 MB, each of a new size every batch: glibc maps every block over 32 MB on its own and
-# unmaps it when freed, so each step had the kernel map and zero them again page by page, and a
+# unmaps it when freed, so every step the kernel mapped and zeroed them again page by page, and a
 # heap that keeps them (kept_memory) fragments around them. Under 32 MB they come from the heap
-# and are reused step after step. FIGURES
+# and are reused step after step. On Captain Codebeard's conversations: 100,000-184,000 page
+# faults a step against 631,000-662,000, 1.01-1.05x faster (1.03x over 16 steps), the same losses
+# (bench/results/train_cpu_loss_chunks.json, train_cpu_loss_chunks_16.json; kept_memory.json
+# for the heap).
 LOSS_CHUNK_BYTES = 24 * 2**20
 
 # glibc's mallopt parameters (malloc.h) and the values kept_memory leaves behind.
@@ -72,13 +75,15 @@ def kept_memory():
     trimmed beyond 64 MB (where glibc's own thresholds settle during training), and the kept
     memory goes back to the kernel (malloc_trim). Nothing happens on a C library other than glibc.
 
-    The cost is memory: the heap only grows, and it grows past what a step needs, because a
-    freed block that does not fit the next request exactly is passed over for fresh memory
-    (which blocks, over a whole run, is not pinned down). Lesson 6's four trainings took 63 minutes instead of 72 with it, but the process's peak
-    resident memory reached 18 GB in Captain Codebeard's 120 updates
-    (bench/results/multi_training_kept_memory.json; after 16 updates, each in a fresh process,
-    7.8 GB against 6.7 GB without it, bench/bench_kept_memory.py). Hence
-    TrainConfig.cpu_keep_memory is off by default."""
+    The cost is memory: the heap only grows, and past what a step needs, because a freed block
+    too small for the next request is passed over for fresh memory. The loss over all of a
+    batch's positions at once made it grow fastest (its blocks of 100-400 MB are a new size every
+    batch): Captain Codebeard's 40 updates in a fresh process peaked at 10.76 GB with it against
+    7.98 GB without, and lesson 6's four trainings in one process reached 18 GB
+    (bench/results/multi_training_kept_memory.json). With the loss in chunks (LOSS_CHUNK_BYTES)
+    the same 40 updates peak at 7.59 GB with it and 7.58 GB without, 361 s against 376 s
+    (bench/bench_kept_memory.py, kept_memory.json). A run as long as lesson 6's has not been
+    measured with the chunks, so TrainConfig.cpu_keep_memory is still off by default."""
     libc = ctypes.CDLL("libc.so.6") if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" else None
     if libc is None:
         yield
@@ -110,9 +115,10 @@ def sft_config(config: TrainConfig, output_dir: str | os.PathLike, *, precision:
     bf16 LoRA matmuls 345 (45% of bf16), fp32 LoRA matmuls 285 (37%), in fp32 219 (61% of
     fp32), a plain fp32 PyTorch loop 213 (60%), TRL's defaults 154 (20% of bf16), TRL's
     defaults with bf16 off 102 (29% of fp32); eager attention then adds 1.05-1.16x
-    (train_cpu_attention.json). Keeping freed memory for the next step (`kept_memory`,
-    `cpu_keep_memory`) adds 1.01-1.07x round by round (train_cpu_memory.json) and 1.15x over
-    lesson 6's four trainings, but is off by default: see kept_memory.
+    (train_cpu_attention.json), and the loss in chunks of positions 1.01-1.05x (LOSS_CHUNK_BYTES).
+    Keeping freed memory for the next step (`kept_memory`, `cpu_keep_memory`) adds 1.01-1.07x
+    round by round (train_cpu_memory.json) and 1.15x over lesson 6's four trainings, but is off
+    by default: see kept_memory.
     """
     from trl import SFTConfig
 

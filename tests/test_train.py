@@ -404,6 +404,18 @@ print("ok")
 """
 
 
+def test_memory_traces_draw_resident_memory_and_heap_per_setting(tmp_path):
+    from persona_lib.plots import memory_traces
+
+    traces = {"default": [{"step": 1, "resident_gb": 5.0, "heap_gb": 4.5}, {"step": 2, "resident_gb": 5.5, "heap_gb": 4.6}],
+              "kept": [{"step": 1, "resident_gb": 6.0, "heap_gb": 5.5}, {"step": 2, "resident_gb": 7.0, "heap_gb": 6.5}]}
+    fig = memory_traces(traces, path=tmp_path / "memory.png")
+    lines = fig.axes[0].lines
+    assert [line.get_label() for line in lines] == ["default: resident", "default: heap", "kept: resident", "kept: heap"]
+    assert list(lines[2].get_ydata()) == [6.0, 7.0] and lines[3].get_color() == lines[2].get_color()
+    assert (tmp_path / "memory.png").stat().st_size > 0
+
+
 @pytest.mark.skipif(not GLIBC, reason="kept_memory tunes glibc's malloc; elsewhere it does nothing")
 def test_kept_memory_keeps_large_blocks_in_the_heap_and_gives_them_back_on_leaving():
     """Outside the block glibc maps a 48 MB block on its own and unmaps it when freed, so the
