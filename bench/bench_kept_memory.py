@@ -48,11 +48,12 @@ class MallInfo2(ctypes.Structure):
 
 def one_run(setting: str, steps: int, persona: str) -> dict:
     """Trains in this process under `setting` and returns its figures (the `--one` mode)."""
-    from bench_train_cpu import minor_faults, peak_rss_gb  # bench/ is on sys.path when run as a script
+    from bench_train_cpu import minor_faults, peak_rss_gb, step_timer  # bench/ is on sys.path when run as a script
     from transformers import TrainerCallback
 
     import persona_lib.train as train_module
     from persona_lib.dataset import shipped_splits
+    from persona_lib.trainer import WHOLE_LOSS
 
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = MallInfo2
@@ -65,26 +66,24 @@ def one_run(setting: str, steps: int, persona: str) -> dict:
             trace.append({"step": state.global_step, "resident_gb": round(resident / 2**30, 2),
                           "heap_gb": round(libc.mallinfo2().arena / 2**30, 2), "page_faults": minor_faults()})
 
-    callbacks = train_module.training_callbacks
-    train_module.training_callbacks = lambda *args: [*callbacks(*args), Trace()]
     if setting.endswith("_whole_loss"):
         build = train_module.build_trainer
 
         def whole_loss(*args, **kwargs):
             trainer = build(*args, **kwargs)
-            trainer.loss_chunk_rows = 2**31
+            trainer.loss_chunk_rows = WHOLE_LOSS
             return trainer
 
         train_module.build_trainer = whole_loss
     splits = shipped_splits(persona)
     config = train_module.TrainConfig.cpu(max_steps=steps, cpu_keep_memory=setting.startswith("kept"), eval_steps=0)
+    timer = step_timer()
     result = train_module.train(config, splits["train"], tempfile.mkdtemp(), eval_records=splits["validation"],
-                                progress=False)
-    faults = [row["page_faults"] for row in trace]
+                                progress=False, callbacks=[timer, Trace()])
     return {"setting": setting, "train_s": result.manifest["timings"]["train_s"],
             "tokens_per_second_in_steps": result.manifest["throughput"]["tokens_per_second_in_steps"],
             "peak_rss_gb": peak_rss_gb(), "heap_gb_at_end": trace[-1]["heap_gb"],
-            "page_faults_per_step": round((faults[-1] - faults[0]) / max(len(faults) - 1, 1)),  # after the first
+            "page_faults_per_step": timer.page_faults_per_step(),
             "trace": trace}
 
 

@@ -95,7 +95,7 @@ class TrainConfig(Settings):
     max_seq_length: int = 512  # tokens per conversation: the shipped ones fit (longest 487); longer are cut, counted
     seed: int = 3407  # Unsloth's default random_state: same seed, same data order, same LoRA init
     validation_fraction: float = 0.1  # held out of `records` (by topic) when no eval_records are given
-    eval_steps: int = -1  # steps between validation passes; -1: up to six, evenly spaced, at any run length; 0: at the end
+    eval_steps: int = -1  # steps between validation passes; -1: up to six, evenly spaced; 0: at the end
     save_steps: int = 10  # steps between checkpoints: about a minute of CPU training; adapter + optimizer ~60 MB
     save_total_limit: int = 2  # checkpoints kept: two, so one is whole even when a kill cuts a save
     logging_steps: int = 1  # every step in the loss log: runs are a few dozen steps long
@@ -520,12 +520,15 @@ def _final_losses(history: list[dict]) -> dict:
 
 
 def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.PathLike, *,
-          eval_records: Sequence[dict] | None = None, resume: bool = False, progress: bool = True) -> TrainResult:
+          eval_records: Sequence[dict] | None = None, resume: bool = False, progress: bool = True,
+          callbacks: Sequence = ()) -> TrainResult:
     """Fine-tune `config.model_id` with LoRA on `records` (ChatML conversations) into `output_dir`.
 
     `eval_records` is the validation set; without it, `config.validation_fraction` of `records`
     is held out. `resume=True` continues from the last checkpoint in `output_dir/checkpoints`
-    (same config and data required). Returns the manifest, and the trained model in memory.
+    (same config and data required). `callbacks` are transformers `TrainerCallback`s added after
+    the loss log and progress bar (a timer, a memory trace). Returns the manifest, and the
+    trained model in memory.
     """
     import torch
 
@@ -599,7 +602,7 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
                       has_eval=eval_data is not None, backend=backend, total_steps=total_steps)
     trainer = build_trainer(config, model, tokenizer, args, train_data.dataset,
                             eval_data.dataset if eval_data else None, backend=backend)
-    for callback in training_callbacks(output_dir, total_steps, progress):
+    for callback in [*training_callbacks(output_dir, total_steps, progress), *callbacks]:
         trainer.add_callback(callback)
 
     tokens_before = _tokens_at_checkpoint(checkpoint)

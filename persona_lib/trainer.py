@@ -51,6 +51,9 @@ def eval_interval(eval_steps: int, total_steps: int) -> int | None:
 # (bench/results/train_cpu_loss_chunks.json, train_cpu_loss_chunks_16.json; kept_memory.json
 # for the heap).
 LOSS_CHUNK_BYTES = 24 * 2**20
+# A trainer's loss_chunk_rows that puts every labelled position in one chunk: the loss as it was
+# before the chunks, which the benchmarks keep as a trial.
+WHOLE_LOSS = 2**31
 
 # glibc's mallopt parameters (malloc.h) and the values kept_memory leaves behind.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4

@@ -19,6 +19,7 @@ from persona_lib.train import (
     resolve_precision,
     train,
 )
+from persona_lib.trainer import WHOLE_LOSS
 
 # --------------------------------------------------------------------------- config
 
@@ -233,7 +234,7 @@ def test_the_embedded_model_learns_a_reply_and_to_stop(tmp_path):
     assert tokenizer.decode(out[0, ids["input_ids"].shape[1]:]) == "Two of five done. Next: the QA sign-off.<|im_end|>"
 
 
-@pytest.mark.parametrize("chunk_rows", [0, 7, 2**31])
+@pytest.mark.parametrize("chunk_rows", [0, 7, WHOLE_LOSS])
 def test_target_logits_loss_and_gradients_equal_the_full_vocabulary_loss(tiny_path, tmp_path, chunk_rows):
     """The CPU path's loss projects only labelled positions onto the vocabulary, in chunks of
     positions; it must be the same number, with the same gradients, as HF's loss over every
@@ -407,11 +408,14 @@ print("ok")
 def test_memory_traces_draw_resident_memory_and_heap_per_setting(tmp_path):
     from persona_lib.plots import memory_traces
 
-    traces = {"default": [{"step": 1, "resident_gb": 5.0, "heap_gb": 4.5}, {"step": 2, "resident_gb": 5.5, "heap_gb": 4.6}],
-              "kept": [{"step": 1, "resident_gb": 6.0, "heap_gb": 5.5}, {"step": 2, "resident_gb": 7.0, "heap_gb": 6.5}]}
+    traces = {"default": [{"step": 1, "resident_gb": 5.0, "heap_gb": 4.5},
+                          {"step": 2, "resident_gb": 5.5, "heap_gb": 4.6}],
+              "kept": [{"step": 1, "resident_gb": 6.0, "heap_gb": 5.5},
+                       {"step": 2, "resident_gb": 7.0, "heap_gb": 6.5}]}
     fig = memory_traces(traces, path=tmp_path / "memory.png")
     lines = fig.axes[0].lines
-    assert [line.get_label() for line in lines] == ["default: resident", "default: heap", "kept: resident", "kept: heap"]
+    assert [line.get_label() for line in lines] == ["default: resident", "default: heap",
+                                                    "kept: resident", "kept: heap"]
     assert list(lines[2].get_ydata()) == [6.0, 7.0] and lines[3].get_color() == lines[2].get_color()
     assert (tmp_path / "memory.png").stat().st_size > 0
 
@@ -436,7 +440,6 @@ def test_cpu_training_keeps_freed_memory_only_while_it_trains(tiny_path, tmp_pat
 
     from transformers import TrainerCallback
 
-    import persona_lib.train as train_module
     import persona_lib.trainer as trainer_module
 
     inside, seen = [], []
@@ -456,10 +459,8 @@ def test_cpu_training_keeps_freed_memory_only_while_it_trains(tiny_path, tmp_pat
             seen.append(bool(inside))
 
     monkeypatch.setattr(trainer_module, "kept_memory", recorded)
-    callbacks = train_module.training_callbacks
-    monkeypatch.setattr(train_module, "training_callbacks", lambda *args: [*callbacks(*args), Probe()])
     train(TrainConfig.smoke(max_steps=2, eval_steps=0, cpu_keep_memory=keep), load_shipped("taskmaster")[:8],
-          tmp_path, eval_records=[], progress=False)
+          tmp_path, eval_records=[], progress=False, callbacks=[Probe()])
     assert seen == [keep, keep] and not inside
 
 
