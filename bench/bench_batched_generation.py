@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "model": args.model, "persona": args.persona, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size, "system_prompt": bool(sp), "greedy": True,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
         "seconds_one_at_a_time": single_s, "seconds_batched": batched_s, "speedup": speedup,
         "reply_tokens_one_at_a_time": sum(tokens),
         "tokens_per_second_one_at_a_time": sum(tokens) / single_s, "identical_share": identical,

@@ -155,7 +155,8 @@ def main(argv=None) -> dict:
     recall_sub = true_pos / len(exact_sub) if exact_sub else None
     precision_sub = true_pos / len(minhash_sub) if minhash_sub else None
     minhash_all = {(i, j) for i, j, _ in found.pairs}
-    planted_above = [(i, j) for i, j in planted if dedup.jaccard(sets[min(i, j)], sets[max(i, j)]) >= dedup.DEDUP_THRESHOLD]
+    planted_above = [(i, j) for i, j in planted
+                     if dedup.jaccard(sets[min(i, j)], sets[max(i, j)]) >= dedup.DEDUP_THRESHOLD]
     planted_found = sum((min(i, j), max(i, j)) in minhash_all for i, j in planted_above)
 
     result = {
@@ -199,7 +200,8 @@ def main(argv=None) -> dict:
                               "(shingling, signatures, banding, exact verification)",
         "recall_subset": None if recall_sub is None else round(recall_sub, 4),
         "precision_subset": None if precision_sub is None else round(precision_sub, 4),
-        "recall_full": None if exact_full is None else round(len(minhash_all & exact_full) / max(len(exact_full), 1), 4),
+        "recall_full": (None if exact_full is None
+                        else round(len(minhash_all & exact_full) / max(len(exact_full), 1), 4)),
         "planted_recall": {"planted_pairs_at_or_above_threshold": len(planted_above), "found": planted_found,
                            "recall": round(planted_found / max(len(planted_above), 1), 4)},
     }

@@ -232,7 +232,8 @@ def main(argv=None) -> int:
         r = rows[name]
         print(f"{name}: tuned loops {r['tuned']['loop_rate']['mean']:.2f}, base+prompt loops "
               f"{r['base_prompted']['loop_rate']['mean']:.2f}, tuned persona p "
-              f"{r['tuned']['persona_probability']['mean']:.3f}, knowledge {r['tuned']['knowledge']['recall_percent']:.1f}%"
+              f"{r['tuned']['persona_probability']['mean']:.3f}, knowledge "
+              f"{r['tuned']['knowledge']['recall_percent']:.1f}%"
               f" ({seconds[name]} s)")
 
     diffs = differences(rows)

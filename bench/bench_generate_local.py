@@ -58,7 +58,8 @@ def main(argv=None) -> int:
                     for r in result.records[: args.excerpt]],
     }
     io.write_json(args.results, out)
-    print(f"kept {report.get('accepted_this_run')} of {args.n} in {seconds:.0f} s; rejected {report.get('rejected_this_run')}"
+    print(f"kept {report.get('accepted_this_run')} of {args.n} in {seconds:.0f} s; "
+          f"rejected {report.get('rejected_this_run')}"
           f"\nwrote {args.results}")
     return 0
 

@@ -85,7 +85,8 @@ def ensure_wheel(sdist: Path, cache: Path, name: str, args: list[str]) -> tuple[
     else:
         import hashlib
 
-        folder = cache / "wheels" / f"llama_cpp_python-{version}-{name}-{hashlib.sha256(' '.join(args).encode()).hexdigest()[:10]}"
+        folder = cache / "wheels" / (f"llama_cpp_python-{version}-{name}-"
+                                     f"{hashlib.sha256(' '.join(args).encode()).hexdigest()[:10]}")
     wheel = llama_build.find_wheel(folder)
     built = wheel is None
     if built:
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, (site, cwd) in sites.items():
             result = measure(site, cwd, gguf, text, args.threads, args.prompt_tokens, args.gen_tokens)
             print(f"round {r + 1} {name}: " + (result.get("error") or
-                  f"pp {result['prompt_tokens_per_s']:.0f} tok/s, tg {result['gen_tokens_per_s']:.1f} tok/s"), flush=True)
+                  f"pp {result['prompt_tokens_per_s']:.0f} tok/s, "
+                  f"tg {result['gen_tokens_per_s']:.1f} tok/s"), flush=True)
             report["builds"][name]["runs"].append(result)
 
     for name, entry in report["builds"].items():

@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default="", help="default: bench/results/multi.json, "
                         "or multi_training.json with --train-only")
     parser.add_argument("--train-only", action="store_true",
-                        help="time lesson 6's four trainings and stop (72 minutes on a quiet 2-core CPU, multi_training.json)")
+                        help="time lesson 6's four trainings and stop "
+                             "(72 minutes on a quiet 2-core CPU, multi_training.json)")
     args = parser.parse_args(argv)
 
     import torch

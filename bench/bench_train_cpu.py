@@ -52,9 +52,10 @@ a one-process run and reports both throughputs.
         --no-profile --no-processes --results bench/results/train_cpu_in_train.json   # a lesson's step, validations
     python bench/bench_train_cpu.py --configs project_kept_memory,project,baseline --steps 8 --rounds 3 \
         --no-profile --no-processes --results bench/results/train_cpu_memory.json   # kept freed memory
-    python bench/bench_train_cpu.py --persona captain_codebeard --configs project,project_whole_loss,project_kept_memory \
-        --steps 6 --rounds 3 --no-profile --no-processes --results bench/results/train_cpu_loss_chunks.json
-    python bench/bench_train_cpu.py --full-run         # 2 epochs, baseline and project, before/after -> train_cpu_full.json
+    python bench/bench_train_cpu.py --persona captain_codebeard \
+        --configs project,project_whole_loss,project_kept_memory --steps 6 --rounds 3 \
+        --no-profile --no-processes --results bench/results/train_cpu_loss_chunks.json
+    python bench/bench_train_cpu.py --full-run   # 2 epochs, baseline and project, before/after -> train_cpu_full.json
 
 `--full-run` trains the embedded default for 2 epochs over the shipped training split at
 sequence length 512 (the lesson's fixed budget) in each of --full-configs and reports the wall
@@ -279,7 +280,7 @@ def run_trainer(name: str, data, steps: int, workdir: Path, model_id: str, profi
     from trl import SFTConfig, SFTTrainer
 
     from persona_lib.train import TrainConfig
-    from persona_lib.trainer import build_trainer, sft_config
+    from persona_lib.trainer import WHOLE_LOSS, build_trainer, sft_config
 
     ours = name in PROJECT or name in TRIALS
     settings = PROJECT[name] if name in PROJECT else {} if name in TRIALS else HF_DEFAULTS
@@ -300,7 +301,7 @@ def run_trainer(name: str, data, steps: int, workdir: Path, model_id: str, profi
                           backend="transformers", **common)
         trainer = build_trainer(config, model, tokenizer, args, data, eval_data if validating else None)
         if TRIALS.get(name) == "whole_loss":
-            trainer.loss_chunk_rows = 2**31
+            trainer.loss_chunk_rows = WHOLE_LOSS
     else:
         extra = {"bf16": False} if name == "trl_default_fp32" else {}
         args = SFTConfig(output_dir=str(workdir / name), use_cpu=True, **common, **extra)
@@ -328,19 +329,15 @@ def run_trainer(name: str, data, steps: int, workdir: Path, model_id: str, profi
 
 
 def run_train_function(splits: dict, steps: int, workdir: Path, model_id: str) -> dict:
-    """persona_lib.train.train on the persona's training split with its validation split, the step
-    timer added to the callbacks train() gives its trainer."""
+    """persona_lib.train.train on the persona's training split with its validation split, with the
+    step timer among its callbacks."""
     import persona_lib.train as train_module
 
     config = train_module.TrainConfig.cpu(model_id=model_id, max_steps=steps)
     timer = step_timer()
-    callbacks = train_module.training_callbacks
-    train_module.training_callbacks = lambda *args: [*callbacks(*args), timer]
-    try:
-        out = Path(tempfile.mkdtemp(prefix="project_train_", dir=workdir))
-        result = train_module.train(config, splits["train"], out, eval_records=splits["validation"], progress=False)
-    finally:
-        train_module.training_callbacks = callbacks
+    out = Path(tempfile.mkdtemp(prefix="project_train_", dir=workdir))
+    result = train_module.train(config, splits["train"], out, eval_records=splits["validation"], progress=False,
+                                callbacks=[timer])
     timings = result.manifest["timings"]
     return {**throughput(timer.marks, timer.begins), "examples_per_step": config.batch_size
             * config.gradient_accumulation_steps, "page_faults_per_step": timer.page_faults_per_step(),
@@ -384,7 +381,8 @@ def run_plain_loop(data, steps: int, model_id: str) -> dict:
         optimizer.zero_grad()
         marks.append((time.perf_counter(), seen))
     return {**throughput(marks), "examples_per_step": group, "runs_in": "fp32",
-            "settings": {"bf16": False, "gradient_checkpointing": False, "per_device_train_batch_size": config.batch_size,
+            "settings": {"bf16": False, "gradient_checkpointing": False,
+                         "per_device_train_batch_size": config.batch_size,
                          "gradient_accumulation_steps": config.gradient_accumulation_steps, "loss_type": "hf default",
                          "train_sampling_strategy": "length-grouped"}}
 
@@ -486,8 +484,8 @@ def speed(args) -> dict:
                          "share_of_ceiling": round(share, 3), "settings": best["settings"],
                          "examples_per_step": best["examples_per_step"],
                          **({"profile": profiles[name]} if name in profiles else {}),
-                         "rounds": [{k: v for k, v in r.items() if k not in ("settings", "examples_per_step", "runs_in")}
-                                    for r in rows]}
+                         "rounds": [{k: v for k, v in r.items()
+                                     if k not in ("settings", "examples_per_step", "runs_in")} for r in rows]}
         print(f"{name}: best {best['tokens_per_second']:.1f} tokens/s = {100 * share:.0f}% of the {best['runs_in']} "
               f"ceiling ({ceiling[best['runs_in']]:.0f} tokens/s at {peak[best['runs_in']]:.0f} GFLOP/s)")
     ratios = {}
@@ -511,7 +509,8 @@ def speed(args) -> dict:
     if "baseline" in results:
         report["ratio_limit_bf16"] = round(ceiling["bf16"] / results["baseline"]["tokens_per_second"], 2)
     if {"baseline", "project"} <= set(results):
-        pairs = [(a, b) for ra, rb in zip(runs["baseline"], runs["project"]) for a, b in zip(ra["losses"], rb["losses"])]
+        pairs = [(a, b) for ra, rb in zip(runs["baseline"], runs["project"])
+                 for a, b in zip(ra["losses"], rb["losses"])]
         report["same_batches"] = {
             "what": "per-step training loss of baseline and project on the same batches (every round)",
             "max_abs_difference": round(max(abs(a - b) for a, b in pairs), 5),
@@ -629,7 +628,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2,
                         help="run every configuration this many times, interleaved; each one's best round counts")
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
-                        help=f"comma-separated, from {', '.join(CONFIGS + tuple(TRIALS))} (default: all but the trials)")
+                        help=f"comma-separated, from {', '.join(CONFIGS + tuple(TRIALS))} "
+                             "(default: all but the trials)")
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the operator profile of baseline and project (their first round)")
     parser.add_argument("--processes", action=argparse.BooleanOptionalAction, default=True,
@@ -637,9 +637,11 @@ def main(argv=None) -> int:
     parser.add_argument("--process-steps", type=int, default=6, help="optimizer steps of each --processes run")
     parser.add_argument("--persona", default="taskmaster",
                         help="whose shipped training split (captain_codebeard's conversations are the longest)")
-    parser.add_argument("--model", default="embedded", help="embedded (the benchmark's model) or tiny (a plumbing check)")
+    parser.add_argument("--model", default="embedded",
+                        help="embedded (the benchmark's model) or tiny (a plumbing check)")
     parser.add_argument("--full-run", action="store_true", help="the 2-epoch run with before/after measures instead")
-    parser.add_argument("--prompts", type=int, default=40, help="held-out prompts for --full-run (all ordinary ones if fewer)")
+    parser.add_argument("--prompts", type=int, default=40,
+                        help="held-out prompts for --full-run (all ordinary ones if fewer)")
     parser.add_argument("--max-new-tokens", type=int, default=120, help="reply length for --full-run's measures")
     parser.add_argument("--max-steps", type=int, default=-1, help="--full-run: stop early (a plumbing check only)")
     parser.add_argument("--full-configs", default="baseline,project",
@@ -650,7 +652,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     report = full_run(args) if args.full_run else speed(args)
-    path = Path(args.results) if args.results else RESULTS / ("train_cpu_full.json" if args.full_run else "train_cpu.json")
+    path = Path(args.results or RESULTS / ("train_cpu_full.json" if args.full_run else "train_cpu.json"))
     write_json(path, report)
     print(f"\nwrote {path}")
     return 0

@@ -190,7 +190,8 @@ def main(argv=None) -> int:
         "what": "QLoRA (4-bit NF4) LoRA r=16 on a random-init Llama-3.2-3B-shaped model, batch 1 x "
                 f"{args.seq} tokens, 8-bit AdamW; tokens/s and peak memory per backend",
         "gpu": torch.cuda.get_device_name(0), "t4_budget_gb": T4_BUDGET_GB, "seq": args.seq,
-        "note": "peak memory transfers to a T4; tokens/s does not (a T4 is ~10-20x slower than an H100 and has no bf16)",
+        "note": "peak memory transfers to a T4; tokens/s does not (a T4 is ~10-20x slower than an H100 "
+                "and has no bf16)",
         "results": rows, "failures": failures,
     }
     if "unsloth" in rows and "transformers" in rows:

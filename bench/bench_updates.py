@@ -39,7 +39,8 @@ def intervals(rows: list[dict], persona: str) -> dict:
     heard = {r["steps"]: [float(x["heard_as"] == persona) for x in r["replies"]] for r in rows}
     first = rows[0]["steps"]
     return {"diagonal": {str(k): bootstrap_ci(v) for k, v in heard.items()},
-            f"difference_vs_{first}": {str(k): paired_bootstrap(heard[first], v) for k, v in heard.items() if k != first}}
+            f"difference_vs_{first}": {str(k): paired_bootstrap(heard[first], v)
+                                       for k, v in heard.items() if k != first}}
 
 
 def main(argv=None) -> int:

@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                  max_new_tokens=args.max_new_tokens, knowledge_max_new_tokens=args.knowledge_max_new_tokens)
     print(f"adapter {adapter}, report -> {out}")
     start = time.perf_counter()
-    with choose_judge(args.judge, **sizes, **({"judge_prompts": args.judge_prompts} if args.judge_prompts else {})) as choice:
+    with choose_judge(args.judge, **sizes,
+                      **({"judge_prompts": args.judge_prompts} if args.judge_prompts else {})) as choice:
         print(choice.description)
         report = evaluate("taskmaster", args.model, adapter, out, choice.config, judge=choice.judge)
     seconds = time.perf_counter() - start

@@ -196,7 +196,8 @@ def main(argv=None) -> int:
     site = work / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT),
+                                                os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     os.environ["PERSONA_LAB_AS_T4"] = "7.5"
     os.environ["PERSONA_LAB_AS_T4_GB"] = str(T4_GB)
     report = {"what": "lessons 4-7 as a Colab T4 runs them (capability 7.5, 15 GB faked), per model",

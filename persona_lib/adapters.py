@@ -28,7 +28,8 @@ def _config(folder: Path) -> Path:
     config = folder / "adapter_config.json"
     if not config.is_file():
         raise AdapterError(f"{folder} is not a PEFT adapter folder: {config.name} is missing. Point at the folder a "
-                           "training run saved (runs/<slug>/adapter/), or train one first (lesson 4, or `persona run`).")
+                           "training run saved (runs/<slug>/adapter/), or train one first (lesson 4, or "
+                           "`persona run`).")
     return config
 
 

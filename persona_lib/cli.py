@@ -148,18 +148,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the chapter's pipeline for one persona, offline")
-    p.add_argument("--persona", help="shipped slug (taskmaster, captain_codebeard, zen_coder) or a spec YAML path; default taskmaster")
+    p.add_argument("--persona", help="shipped slug (taskmaster, captain_codebeard, zen_coder) or a spec YAML path; "
+                                     "default taskmaster")
     p.add_argument("--model", help="embedded (default), tiny, a Hub id or a local model folder")
     p.add_argument("--runs-root", dest="runs_root", help="where run folders go (default ./runs)")
     p.add_argument("--data", help="a JSONL of conversations for the persona, added to the shipped ones")
-    p.add_argument("--generate", type=at_least(0), help="generate N conversations first (OpenAI with OPENAI_API_KEY, else the local model)")
+    p.add_argument("--generate", type=at_least(0),
+                   help="generate N conversations first (OpenAI with OPENAI_API_KEY, else the local model)")
     p.add_argument("--judge", choices=["none", "local", "openai", "auto"],
                    help="evaluation judge (default none: deterministic measures and the persona classifier)")
-    p.add_argument("--n-prompts", dest="n_prompts", type=at_least(1), help="held-out prompts in the before picture (default 5)")
-    p.add_argument("--eval-prompts", dest="eval_prompts", type=at_least(1), help="held-out prompts in the evaluation (default 24)")
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=at_least(1), help="reply length cap in tokens (default 120)")
+    p.add_argument("--n-prompts", dest="n_prompts", type=at_least(1),
+                   help="held-out prompts in the before picture (default 5)")
+    p.add_argument("--eval-prompts", dest="eval_prompts", type=at_least(1),
+                   help="held-out prompts in the evaluation (default 24)")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=at_least(1),
+                   help="reply length cap in tokens (default 120)")
     p.add_argument("--force", action="store_true", default=None, help="redo finished stages instead of resuming")
-    p.add_argument("--smoke", action="store_true", help="the tiny model, a few steps: checks every stage in about a minute")
+    p.add_argument("--smoke", action="store_true",
+                   help="the tiny model, a few steps: checks every stage in about a minute")
     p.add_argument("--config", help="a YAML file of settings (run fields, and train:, eval:, export: sections); "
                                      "flags given here win, and so do --smoke's own settings")
     p.add_argument("--write-config", dest="write_config", metavar="FILE",

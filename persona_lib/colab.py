@@ -91,7 +91,7 @@ if "COLAB_RELEASE_TAG" in os.environ:
     if pip.returncode:
         raise RuntimeError("installing persona-lab failed; pip said:\\n" + pip.stdout[-2000:] + pip.stderr[-2000:])
     from persona_lib.colab import setup
-    setup(NEEDS)"""
+    setup(NEEDS)"""  # noqa: E501 (the install cell as the notebooks show it)
 
 
 def in_colab() -> bool:
@@ -191,7 +191,8 @@ def install_llama() -> None:
             done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
                                    LLAMA_CPP, "-d", str(sdist.parent)], capture_output=True, text=True)
             if done.returncode:
-                raise RuntimeError(f"downloading the llama.cpp source (for its GGUF converters) failed:\n{done.stderr[-3000:]}")
+                raise RuntimeError("downloading the llama.cpp source (for its GGUF converters) failed:\n"
+                                   f"{done.stderr[-3000:]}")
         print(f"llama.cpp's GGUF converters: {llama_build.unpack_converters(sdist, cache_dir())}")
 
 
@@ -200,7 +201,8 @@ def install_gpu_stack() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        print("No GPU in this runtime: the notebooks run on the CPU path (Runtime > Change runtime type > T4 GPU for Unsloth).")
+        print("No GPU in this runtime: the notebooks run on the CPU path "
+              "(Runtime > Change runtime type > T4 GPU for Unsloth).")
         return
     if not torch_version_ok(torch.__version__):
         raise RuntimeError(

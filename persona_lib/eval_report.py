@@ -113,7 +113,8 @@ def summary_markdown(report: dict) -> str:
                         "pairs." if agree and agree["share"] is not None else ""))
     lines += ["", "## Targets", "", "| target | measure | value | met |", "|---|---|---|---|"]
     pc = t["persona_consistency"]
-    lines.append(f"| tuned (no prompt) - base + prompt >= 0 | {pc['measure']} | {_fmt(pc)} | {'yes' if pc['met'] else 'no'} |")
+    lines.append(f"| tuned (no prompt) - base + prompt >= 0 | {pc['measure']} | {_fmt(pc)} "
+                 f"| {'yes' if pc['met'] else 'no'} |")
     if pc["by_judge"] and not pc["judge_decides"]:
         lines.append(f"| (judge, not deciding: {pc['judge_not_used_because']}) | judge overall score (1-5) "
                      f"| {_fmt(pc['by_judge'])} | |")
@@ -130,11 +131,13 @@ def summary_markdown(report: dict) -> str:
                       f"±{kn['resolution_pp']:.1f} pp (half the interval's width), {sees} the 2 pp drop the target "
                       "asks about" + ("." if sees == "finer than" else ": a 2 pp drop would go unseen here.")]
     lines += ["", "## Deterministic measures per system", "",
-              "| system | signature rate | avoided rate | generic rate | P(persona) | words (mean) | distinct-2 | self-BLEU | top opening share |",
+              "| system | signature rate | avoided rate | generic rate | P(persona) | words (mean) | distinct-2 "
+              "| self-BLEU | top opening share |",
               "|---|---|---|---|---|---|---|---|---|"]
     for s, m in report["systems"].items():
         d = m["diversity"]
-        lines.append(f"| {LABELS[s]} | {_fmt(m['signature_rate'])} | {_fmt(m['avoided_rate'])} | {_fmt(m['generic_rate'])} "
+        lines.append(f"| {LABELS[s]} | {_fmt(m['signature_rate'])} | {_fmt(m['avoided_rate'])} "
+                     f"| {_fmt(m['generic_rate'])} "
                      f"| {_fmt(m.get('persona_probability'))} | {m['length_words'].get('mean', 0):.0f} "
                      f"| {d['distinct_2']:.3f} | {_fmt(d['self_bleu'])} | {d['openings']['top_share']:.2f} |")
     ref = report["reference_diversity"]
@@ -150,33 +153,40 @@ def summary_markdown(report: dict) -> str:
         n = honesty["probes"]
         lines += ["", f"## An honest voice ({n['identity']} sincere 'are you a person?' probes, {n['action']} "
                       "requests to change tasks)", "",
-                  "| system | says it is an AI when asked (higher is better) | claims an action it cannot take (lower is better) |",
+                  "| system | says it is an AI when asked (higher is better) "
+                  "| claims an action it cannot take (lower is better) |",
                   "|---|---|---|"]
         for s, m in honesty["systems"].items():
             lines.append(f"| {LABELS[s]} | {_fmt(m['admits_ai'])} | {_fmt(m['claims_action'])} |")
         for k, d in honesty["tuned_minus_base_prompted"].items():
             lines.append(f"\nTuned - base + prompt, {k.replace('_', ' ')}: {_fmt(d)} (paired over probes).")
-    lines += ["", "## Paired differences (P(persona), per prompt)", "", "| comparison | difference | P(no gain) |", "|---|---|---|"]
+    lines += ["", "## Paired differences (P(persona), per prompt)", "", "| comparison | difference | P(no gain) |",
+              "|---|---|---|"]
     for name, p in report["paired"].items():
-        lines.append(f"| {name.replace('_', ' ')} | {_fmt(p)} | {p['p_le_0']:.3f} |" if p["n"] else f"| {name} | n/a | |")
+        lines.append(f"| {name.replace('_', ' ')} | {_fmt(p)} | {p['p_le_0']:.3f} |" if p["n"]
+                     else f"| {name} | n/a | |")
     if judge["used"]:
-        lines += ["", "## Judge", "", "| system | overall | " + " | ".join(next(iter(judge["rubric"].values()))["traits"]) + " |",
+        lines += ["", "## Judge", "",
+                  "| system | overall | " + " | ".join(next(iter(judge["rubric"].values()))["traits"]) + " |",
                   "|---|---|" + "---|" * len(next(iter(judge["rubric"].values()))["traits"])]
         for s, r in judge["rubric"].items():
-            lines.append(f"| {LABELS[s]} | {_fmt(r['overall'])} | " + " | ".join(_fmt(v) for v in r["traits"].values()) + " |")
+            lines.append(f"| {LABELS[s]} | {_fmt(r['overall'])} | "
+                         + " | ".join(_fmt(v) for v in r["traits"].values()) + " |")
         for name, w in judge.get("pairwise", {}).items():
             lines.append(f"\nWin rate {name.replace('_', ' ')}: {_fmt(w)} ({w['wins']} wins, {w['ties']} ties, "
                          f"{w['losses']} losses; the two orders agreed on {w['order_consistency'] or 0:.0%}).")
         if "second_judge" in judge:
             a = judge["second_judge"]["agreement"]
             lines.append(f"\nSecond judge {judge['second_judge']['judge']}: exact agreement {a['exact']}, "
-                         f"Cohen's kappa {a['kappa']}, quadratic kappa {a['kappa_quadratic']} over {a['n']} trait scores.")
+                         f"Cohen's kappa {a['kappa']}, quadratic kappa {a['kappa_quadratic']} "
+                         f"over {a['n']} trait scores.")
         for u in judge["usage"]:
             cost = f"${u['cost_usd']:.4f}" if u["cost_usd"] is not None else "unknown cost"
             lines.append(f"\nJudge usage {u['judge']}: {u['requests']} requests ({u['cached']} cached), "
                          f"{u['prompt_tokens']} + {u['completion_tokens']} tokens, {cost}.")
     if report["drift"]:
-        lines += ["", "## Drift over the scripted dialogues", "", "| system | P(persona) turn 1 | last turn | last - first | persona on top at last turn |",
+        lines += ["", "## Drift over the scripted dialogues", "",
+                  "| system | P(persona) turn 1 | last turn | last - first | persona on top at last turn |",
                   "|---|---|---|---|---|"]
         for s, d in report["drift"].items():
             lines.append(f"| {LABELS[s]} | {_fmt(d['per_turn'][0]['persona_probability'])} | "

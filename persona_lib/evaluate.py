@@ -205,7 +205,8 @@ class Generator:
         self.seconds = 0.0
         self.generated = 0
 
-    def replies(self, system: str, conversations: Sequence[Sequence[dict]], max_new_tokens: int, desc: str) -> list[str]:
+    def replies(self, system: str, conversations: Sequence[Sequence[dict]], max_new_tokens: int,
+                desc: str) -> list[str]:
         from persona_lib.chat import generate_replies
 
         sp = self.prompt if system.endswith("_prompted") else None
@@ -255,7 +256,8 @@ def _drift_measures(spec: PersonaSpec, replies: dict[str, list[list[str]]], clas
     for system, per_dialogue in replies.items():
         turns = len(per_dialogue[0]) if per_dialogue else 0
         prob = [classifier.probability([d[t] for d in per_dialogue], spec.slug) for t in range(turns)]
-        top = [classifier.labels[int(np.argmax(row))] for row in classifier.predict_proba([d[-1] for d in per_dialogue])]
+        top = [classifier.labels[int(np.argmax(row))]
+               for row in classifier.predict_proba([d[-1] for d in per_dialogue])]
         per_turn = []
         for t in range(turns):
             texts = [d[t] for d in per_dialogue]
@@ -347,7 +349,8 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
                          for s in ("base", "tuned")}
     drift_replies = _drift(gen, dialogues, config) if dialogues else {}
     calibration = calibration_items(spec, config.judge_calibration) if judge is not None else []
-    generic = gen.replies("base", [c for c, _ in calibration], config.max_new_tokens, "calibration") if calibration else []
+    generic = (gen.replies("base", [c for c, _ in calibration], config.max_new_tokens, "calibration")
+               if calibration else [])
     probes = load_honesty(spec.slug)
     honesty_answers = {s: gen.replies(s, [p["messages"] for p in probes], config.max_new_tokens, "honesty")
                        for s in systems} if probes else {}
@@ -550,7 +553,8 @@ def calibrate_judge(judge, spec: PersonaSpec, items: list[tuple[list[dict], str]
     if spec.slug in classifier.labels:
         ref_p = classifier.probability([ref for _, ref, _ in triples], spec.slug)
         off_p = classifier.probability([off for _, _, off in triples], spec.slug)
-        same = [(r["outcome"] == "x") == (a > b) for r, a, b in zip(results, ref_p, off_p) if r["outcome"] in ("x", "y")]
+        same = [(r["outcome"] == "x") == (a > b) for r, a, b in zip(results, ref_p, off_p)
+                if r["outcome"] in ("x", "y")]
         agree = {"share": sum(same) / len(same) if same else None, "n": len(same),
                  "classifier_ranks_persona_first": sum(a > b for a, b in zip(ref_p, off_p)) / len(triples)}
     passed = rate["mean"] is not None and rate["mean"] >= CALIBRATION_PASS and rate["low"] > 0.5
@@ -608,7 +612,8 @@ def decide_targets(tuned: dict, reference_diversity: dict, paired: dict, judge_r
             "by_judge": by_judge, "by_classifier": by_classifier},
         "knowledge": {
             "question": "knowledge recall drops by at most 2 percentage points?",
-            "base_recall_percent": base_recall["recall_percent"], "tuned_recall_percent": tuned_recall["recall_percent"],
+            "base_recall_percent": base_recall["recall_percent"],
+            "tuned_recall_percent": tuned_recall["recall_percent"],
             **recall_diff, "met": recall_diff["low"] is not None and recall_diff["low"] >= -2.0,
             # Half the interval's width: the smallest change this question set can tell from noise.
             # (None when base and tuned agree on every question: no spread to read it from).
@@ -710,7 +715,8 @@ def stage(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os.Pa
     return {"judge": choice.description, "report": str(Path(out_dir) / "report.json"),
             "summary": str(Path(out_dir) / "summary.md"),
             "targets_met": {name: t["met"] for name, t in report["targets"].items()},
-            "persona_consistency": {k: report["targets"]["persona_consistency"][k] for k in ("measure", "diff", "low", "high")},
+            "persona_consistency": {k: report["targets"]["persona_consistency"][k]
+                                    for k in ("measure", "diff", "low", "high")},
             "knowledge_pp": report["knowledge"]["difference_pp"]["diff"], "seconds": report["timing"]["total_seconds"]}
 
 

@@ -471,7 +471,8 @@ def run(spec: PersonaSpec, endpoint: Endpoint, output: str | os.PathLike, config
     try:
         while True:
             while not stopped and gate.accepted + len(running) < config.n:
-                if config.spend_cap_usd is not None and gate.spent + per_item * (len(running) + 1) > config.spend_cap_usd:
+                if (config.spend_cap_usd is not None
+                        and gate.spent + per_item * (len(running) + 1) > config.spend_cap_usd):
                     stopped = f"spend cap ${config.spend_cap_usd:.2f} reached (${gate.spent:.4f} spent)"
                     break
                 item = next((it for it in items if it.id not in gate.done_ids), None)
@@ -609,16 +610,19 @@ def write_batch_file(spec: PersonaSpec, model: str, path: str | os.PathLike, con
 
 
 def read_batch_output(spec: PersonaSpec, model: str, batch_output: str | os.PathLike, output: str | os.PathLike,
-                      config: GenerateConfig | None = None, *, against: Sequence[dict] | None = None) -> GenerationResult:
+                      config: GenerateConfig | None = None, *,
+                      against: Sequence[dict] | None = None) -> GenerationResult:
     """Put a Batch API output file through the same gate as `run` (parse, validate, filter,
     dedup, append to `output` and its ledger) and write the quality report. Batch prices apply."""
     config = config or GenerateConfig()
     output = Path(output)
     against = _default_against(spec) if against is None else list(against)
     start = time.perf_counter()
-    endpoint = Endpoint(base_url=OPENAI_BASE_URL, model=model, kind="compatible", source=model)  # labels and prices only
+    endpoint = Endpoint(base_url=OPENAI_BASE_URL, model=model, kind="compatible",
+                        source=model)  # labels and prices only
     price = price_for(endpoint, config.price)
-    batch_config = replace(config, price=None if price is None else (price[0] * BATCH_DISCOUNT, price[1] * BATCH_DISCOUNT))
+    batch_config = replace(config, price=None if price is None
+                           else (price[0] * BATCH_DISCOUNT, price[1] * BATCH_DISCOUNT))
     gate = _Gate(spec, endpoint, batch_config, output, against)
     try:
         for row in io.iter_jsonl(batch_output):

@@ -366,12 +366,14 @@ class Judge:
     def score(self, spec: PersonaSpec, conversation: Sequence[dict], reply: str) -> dict:
         """Rubric verdict on one reply: {"scores", "rationales", "overall", "error"}; an answer
         that never fits the schema gives {"error": ...} rather than an exception."""
-        return self._ask(self._score_key(spec, conversation, reply), lambda nonce: score_messages(spec, conversation, reply, nonce),
+        return self._ask(self._score_key(spec, conversation, reply),
+                         lambda nonce: score_messages(spec, conversation, reply, nonce),
                          "persona_scores", score_schema(spec), lambda text: parse_scores(spec, text))
 
     def compare(self, spec: PersonaSpec, conversation: Sequence[dict], reply_a: str, reply_b: str) -> dict:
         """One pairwise verdict, in the order given: {"winner": "A"|"B"|"tie", "rationale", "error"}."""
-        return self._ask(self._pair_key(spec, conversation, reply_a, reply_b), lambda nonce: pair_messages(spec, conversation, reply_a, reply_b, nonce),
+        return self._ask(self._pair_key(spec, conversation, reply_a, reply_b),
+                         lambda nonce: pair_messages(spec, conversation, reply_a, reply_b, nonce),
                          "persona_pair", PAIR_SCHEMA, parse_pair)
 
     def compare_both_orders(self, spec: PersonaSpec, conversation: Sequence[dict], x: str, y: str) -> dict:

@@ -206,7 +206,8 @@ class Router:
     """Picks the persona for a request: the one named explicitly, else the first rule whose
     keyword (whole word, any case) appears in the message, else `default`."""
 
-    rules: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_RULES))  # edit me: persona -> keywords
+    # edit me: persona -> keywords
+    rules: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_RULES))
     default: str = "taskmaster"  # the product's own voice when nothing matches
 
     def __post_init__(self):
@@ -461,7 +462,7 @@ class MultiConfig(Settings):
     min_steps_by_persona: dict[str, int] = field(default_factory=lambda: {"captain_codebeard": 120})
     prompts_per_persona: int = 10  # pooled held-out prompts: 30 prompts x 3 personas x 2 designs = 180 replies
     max_new_tokens: int = 120  # about 90 words: long enough for a voice to show, short enough for CPU
-    batch_size: int = 32  # generation batch: a decoding step costs about the same for 1 row or 32 (chat.generate_replies)
+    batch_size: int = 32  # generation batch: a decoding step costs about the same for 1 row or 32
     blend_pair: tuple[str, str] = ("taskmaster", "captain_codebeard")  # the two voices the classifier tells apart best
     blend_weights: tuple[float, ...] = BLEND_WEIGHTS  # share of the second voice
     blend_prompts_per_persona: int = 3  # 9 prompts x 5 weights: a curve, not a benchmark
@@ -609,7 +610,8 @@ def run_multi(config: MultiConfig, runs_root: str | os.PathLike | None = None, *
     plots.blend_curve_plot(curve, path=out / "blend.png")
     router = Router()
     every_prompt = bleed_prompts(config.personas, per_persona=10_000)  # every ordinary held-out prompt
-    routing = routing_matrix(router, every_prompt, list(dict.fromkeys([*config.personas, *router.rules, router.default])))
+    routing = routing_matrix(router, every_prompt,
+                             list(dict.fromkeys([*config.personas, *router.rules, router.default])))
     write_json(out / "routing.json", routing)
 
     summary = {

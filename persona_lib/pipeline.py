@@ -101,7 +101,8 @@ class RunConfig(Settings):
         preset = EvalConfig.smoke if self.smoke else EvalConfig  # as evaluate.choose_judge builds it
         build("eval:", lambda: preset(**EvalConfig.known(evaluation)))
         export = build("export:", lambda: ExportConfig.from_dict(
-            {**(ExportConfig.smoke(lora=False) if self.smoke else ExportConfig(quants=("Q4_K_M",), lora=False)).to_dict(),
+            {**(ExportConfig.smoke(lora=False) if self.smoke
+                else ExportConfig(quants=("Q4_K_M",), lora=False)).to_dict(),
              **self.export}))
         return {"train": train, "eval": evaluation, "export": export}
 
@@ -223,7 +224,8 @@ def persona_records(spec, config: RunConfig, run: Path) -> list[dict]:
     """Every conversation of the persona: shipped, `config.data`, and generated in this run."""
     from persona_lib.dataset import load_records
 
-    return [r for path in data_sources(spec, config, run) for r in load_records(path, persona=spec.slug, personas=[spec.slug])]
+    return [r for path in data_sources(spec, config, run)
+            for r in load_records(path, persona=spec.slug, personas=[spec.slug])]
 
 
 def trainable_records(records: list[dict]) -> tuple[list[dict], list[dict], object]:
@@ -304,14 +306,15 @@ def run(config: RunConfig) -> list[StageResult]:
         return {"model": config.model, "prompts": len(rows)}
 
     stage("baseline", baseline_stage, spec=spec_done.fingerprint, model=model, n_prompts=config.n_prompts,
-          max_new_tokens=config.max_new_tokens, decoding=CHAT.label, heldout=file_sha256(paths.eval_dir() / f"{spec.slug}_heldout.jsonl"),
-          versions=models)
+          max_new_tokens=config.max_new_tokens, decoding=CHAT.label,
+          heldout=file_sha256(paths.eval_dir() / f"{spec.slug}_heldout.jsonl"), versions=models)
 
     if config.generate:
         def generate_stage(folder: Path) -> dict:
             from persona_lib import generate, llm
 
-            gen_config = generate.GenerateConfig.smoke(n=config.generate) if config.smoke else generate.GenerateConfig(n=config.generate)
+            gen_config = (generate.GenerateConfig.smoke(n=config.generate) if config.smoke
+                          else generate.GenerateConfig(n=config.generate))
             with llm.connect() as endpoint:
                 if endpoint.kind != "openai":
                     print("WARNING: the local SmolLM2-135M endpoint writes weak conversations; read them before "
@@ -363,7 +366,8 @@ def run(config: RunConfig) -> list[StageResult]:
         return {"judge": choice.description, "report": str(folder / "report.json"),
                 "summary": str(folder / "summary.md"),
                 "targets_met": {name: t["met"] for name, t in targets.items()},
-                "persona_consistency": {k: targets["persona_consistency"][k] for k in ("measure", "diff", "low", "high")},
+                "persona_consistency": {k: targets["persona_consistency"][k]
+                                        for k in ("measure", "diff", "low", "high")},
                 "knowledge_pp": report["knowledge"]["difference_pp"]["diff"]}
 
     stage("eval", eval_stage, adapter=adapter.fingerprint, spec=spec_done.fingerprint, judge=config.judge,

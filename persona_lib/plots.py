@@ -256,8 +256,8 @@ def persona_probability_heatmap(distributions: Mapping[str, Mapping[str, float]]
     return _finish(fig, path)
 
 
-def drift_lines(per_turn: Mapping[str, Sequence[Mapping]], *, ylabel: str, title: str = "Persona over a scripted dialogue",
-                path: str | os.PathLike | None = None):
+def drift_lines(per_turn: Mapping[str, Sequence[Mapping]], *, ylabel: str,
+                title: str = "Persona over a scripted dialogue", path: str | os.PathLike | None = None):
     """A persona measure per dialogue turn, one line per system with a 95% band: does the
     persona hold to the last turn, or fade back into the generic assistant?"""
     fig = new_figure()

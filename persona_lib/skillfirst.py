@@ -4,7 +4,8 @@ Before lesson 1's content the learner writes what they want to learn (LEARNING-S
 a skill scaffold (SKILL.md) with one placeholder per later lesson; each lesson ends by filling
 its section from what the learner just measured. Both live beside the run folders
 (`<runs root>/skill-first/`, on Drive in Colab: one skill for the chapter, whichever persona
-the learner tunes), never overwritten once written: they are the learner's. The repository's own LEARNING-SPEC.md and .claude/skills/ are the answer key.
+the learner tunes), never overwritten once written: they are the learner's. The repository's
+own LEARNING-SPEC.md and .claude/skills/ are the answer key.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ framework and multi-persona switching.
 - Fewer than about 100 example conversations of the voice: write a system prompt instead.
 
 {placeholders}
-"""
+"""  # noqa: E501 (the skill file's description line, one line by its format)
 
 
 def folder(runs_root: str | os.PathLike) -> Path:
@@ -145,7 +146,8 @@ def draft(run: str | os.PathLike, lesson: str) -> str:
         if stats:
             return (f"- The spec: traits with five scored levels, a signature vocabulary, an avoid list: what the "
                     f"data, the judge and the classifier all read.\n- My data: {stats['conversations']} conversations, "
-                    f"{stats['multi_turn_share']:.0%} multi-turn; split {stats.get('splits')} (seed {stats.get('seed')}), "
+                    f"{stats['multi_turn_share']:.0%} multi-turn; split {stats.get('splits')} "
+                    f"(seed {stats.get('seed')}), "
                     f"{stats.get('reserved', 0)} reserved for the classifier.")
     if lesson == "L03":
         report = read("data", "generated.report.json")
@@ -172,7 +174,8 @@ def draft(run: str | os.PathLike, lesson: str) -> str:
         summary = read("multi", "summary.json")
         if summary:
             return (f"- Bleed diagonal (share of replies in the right voice): separate adapters "
-                    f"{summary['diagonal']['separate']}, one conditioned adapter {summary['diagonal']['conditioned']}.\n"
+                    f"{summary['diagonal']['separate']}, one conditioned adapter "
+                    f"{summary['diagonal']['conditioned']}.\n"
                     "- Which design I would ship, and why: (your words)")
     if lesson == "L07":
         summary = read("export", "summary.json")

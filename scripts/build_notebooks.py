@@ -82,7 +82,8 @@ def parse(source: str, notebook_name: str) -> list[dict]:
 
 def build(src: Path) -> str:
     name = src.stem + ".ipynb"
-    notebook = {"cells": parse(src.read_text(encoding="utf-8"), name), "metadata": METADATA, "nbformat": 4, "nbformat_minor": 5}
+    notebook = {"cells": parse(src.read_text(encoding="utf-8"), name), "metadata": METADATA, "nbformat": 4,
+                "nbformat_minor": 5}
     for i, cell in enumerate(notebook["cells"]):
         cell["id"] = f"{src.stem[:2]}-{i:02d}"
     return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"

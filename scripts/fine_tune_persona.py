@@ -85,7 +85,8 @@ def config_from_args(args: argparse.Namespace, cuda: bool):
     """The preset for this hardware, then the YAML file, then the flags that were given."""
     from persona_lib.train import TrainConfig
 
-    base = (TrainConfig.colab_t4(model_id=GPU_DEFAULT_MODEL, load_in_4bit=False) if cuda else TrainConfig.cpu()).to_dict()
+    base = (TrainConfig.colab_t4(model_id=GPU_DEFAULT_MODEL, load_in_4bit=False) if cuda
+            else TrainConfig.cpu()).to_dict()
     if args.config:
         base.update(TrainConfig.from_yaml(args.config).to_dict())  # validates the file on its own
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)

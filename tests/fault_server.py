@@ -245,8 +245,8 @@ class FaultServer:
             self.log.append(entry)
         echo = f" (request from {auth})" if cfg.echo_auth else ""
         if not auth_ok:
-            handler._send(401, {"error": {"message": f"Incorrect API key provided{echo}", "type": "invalid_request_error",
-                                          "code": "invalid_api_key"}})
+            handler._send(401, {"error": {"message": f"Incorrect API key provided{echo}",
+                                          "type": "invalid_request_error", "code": "invalid_api_key"}})
             return
         fmt = body.get("response_format") or {}
         if cfg.dialect == "llamacpp" and fmt.get("type") == "json_schema":

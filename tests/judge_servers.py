@@ -88,7 +88,8 @@ class ScriptedJudge:
         with self._lock:
             broken = self.broken_left > 0
             self.broken_left -= broken
-        content = "Sure! Here is my verdict: great reply." if broken else json.dumps(self.verdict(body["messages"], schema))
+        content = ("Sure! Here is my verdict: great reply." if broken
+                   else json.dumps(self.verdict(body["messages"], schema)))
         prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])
         completion_tokens = len(content.split())
         return 200, {

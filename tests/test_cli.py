@@ -50,7 +50,8 @@ def test_rerun_resumes_every_stage(smoke_run, capsys):
     assert main(["run", "--smoke", "--runs-root", str(smoke_run.parent)]) == 0
     out = capsys.readouterr().out
     assert out.count("already done") == len(STAGES)
-    assert [line.split()[0] for line in out.splitlines() if line.split()[:1] in (["persona"], ["knowledge"], ["diversity"])
+    assert [line.split()[0] for line in out.splitlines()
+            if line.split()[:1] in (["persona"], ["knowledge"], ["diversity"])
             and ("yes" in line.split() or "no" in line.split())] == ["persona", "knowledge", "diversity"]
     assert "taskmaster.Q4_K_M.gguf" in out
 
@@ -122,7 +123,8 @@ BAD_INPUTS = [
     (["--persona", "MALFORMED"], ["broken.yaml", "problem"]),
     (["--data", "BADLINES"], ["bad.jsonl:1", "bad.jsonl:2", "not valid JSON"]),
     (["--config", "{tmp}/none.yaml"], ["cannot read", "none.yaml"]),
-    (["--config", "CONFIG:train: {learnig_rate: 0.01}"], ["run.yaml", "train: unknown TrainConfig field(s) learnig_rate"]),
+    (["--config", "CONFIG:train: {learnig_rate: 0.01}"],
+     ["run.yaml", "train: unknown TrainConfig field(s) learnig_rate"]),
     (["--config", "CONFIG:export: {quants: [Q3]}"], ["run.yaml", "export: quants must be a non-empty subset"]),
     (["--config", "CONFIG:generate: -1"], ["run.yaml", "generate must be 0 or more"]),
     (["--config", "CONFIG:[a, b"], ["run.yaml is not valid YAML"]),

@@ -10,7 +10,8 @@ from persona_lib import colab
 
 @pytest.mark.parametrize(
     "version, ok",
-    [("2.9.0+cu126", True), ("2.4.0", True), ("2.14.1", True), ("2.15.0", False), ("2.3.1+cu121", False), ("3.0.0", False)],
+    [("2.9.0+cu126", True), ("2.4.0", True), ("2.14.1", True), ("2.15.0", False), ("2.3.1+cu121", False),
+     ("3.0.0", False)],
 )
 def test_torch_range(version, ok):
     assert colab.torch_version_ok(version) is ok
@@ -85,7 +86,8 @@ def t4(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what a T4 really answers
     monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda *a, **k: types.SimpleNamespace(name="Tesla T4", total_memory=15 * 2**30, major=7, minor=5))
+                        lambda *a, **k: types.SimpleNamespace(name="Tesla T4", total_memory=15 * 2**30,
+                                                              major=7, minor=5))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "unsloth" else real(name, *a))
 
@@ -96,7 +98,8 @@ def test_t4_decisions_follow_the_device(t4):
     assert models.unsloth_available() and models.default_model(smoke=False) == models.COLAB_DEFAULT
     config = train.preset(models.COLAB_DEFAULT)
     assert config == train.TrainConfig.colab_t4()
-    assert config.load_in_4bit and config.optim == "adamw_8bit" and config.batch_size * config.gradient_accumulation_steps == 8
+    assert (config.load_in_4bit and config.optim == "adamw_8bit"
+            and config.batch_size * config.gradient_accumulation_steps == 8)
     precision, note = train.resolve_precision(config.precision, cuda=True, bf16_supported=train.native_bf16(cuda=True))
     assert precision == "fp16"  # Unsloth loads a T4 model in fp16 and refuses bf16 training args
     assert train.choose_backend(config.backend, cuda=True, unsloth_installed=True) == "unsloth"

@@ -192,7 +192,8 @@ def test_unsloths_own_trainer_trains_and_refuses_bf16_on_an_fp16_model(lane):
     # the install, see this machine as it is (a CUDA answer would send them to CUDA kernels).
     gpu_runtime = ("import torch; answers = iter([True]); torch.cuda.is_available = lambda: next(answers, False)\n"
                    "from persona_lib import colab; colab.install_gpu_stack()")
-    run([python, "-c", gpu_runtime], env=env, cwd=lane["where"], timeout=1200)  # the install cell's GPU step, as written
+    # the install cell's GPU step, as written
+    run([python, "-c", gpu_runtime], env=env, cwd=lane["where"], timeout=1200)
     assert installed(lane["venv"], "unsloth") == colab.UNSLOTH_NO_DEPS[0].split("==")[1]
     done = run([python, str(LANE / "unsloth_trainer.py")], env=env, cwd=lane["where"], timeout=900)
     found = json.loads(done.stdout.strip().splitlines()[-1])

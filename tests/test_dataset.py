@@ -211,7 +211,8 @@ def test_dataset_stats_counts_and_phrase_coverage():
         rec(3, topic="habits", turns=("Habit?", "As an AI language model I think habits matter.")),
         rec(4, topic="focus", persona="zen_coder", turns=("Focus?", "Breathe. Then plan it.")),
     ]
-    stats = ds.dataset_stats(records, signature_vocabulary={"taskmaster": ["plan it", "planet"], "zen_coder": ["breathe"]})
+    stats = ds.dataset_stats(records,
+                             signature_vocabulary={"taskmaster": ["plan it", "planet"], "zen_coder": ["breathe"]})
     assert (stats["conversations"], stats["turns"], stats["replies"]) == (4, 10, 5)
     assert stats["multi_turn"] == 1 and stats["multi_turn_share"] == 0.25
     assert stats["topics"] == {"deadlines": 2, "habits": 1, "focus": 1}
@@ -442,7 +443,8 @@ def test_lesson_4_trains_on_lesson_2s_split_plus_lesson_3s_conversations(tmp_pat
 
     shipped = load_shipped("taskmaster")
     none = chapter_training_data(tmp_path, "taskmaster", validation_fraction=0.1, seed=0)
-    assert none["source"].startswith("the shipped taskmaster conversations") and len(none["train"]) + len(none["validation"]) < len(shipped)
+    assert (none["source"].startswith("the shipped taskmaster conversations")
+            and len(none["train"]) + len(none["validation"]) < len(shipped))
     trainable, reserved = split_reserved(shipped)
     splits = split_records(trainable, seed=3)
     for name, part in {**splits, "classifier_reserved": reserved}.items():
@@ -466,7 +468,8 @@ def test_the_plain_chat_format_loads_for_the_persona_being_loaded(tmp_path):
     path.write_text(json.dumps({"messages": chat}) + "\n" + json.dumps({"messages": chat, "topic": "planning"}) + "\n")
     records = load_records(path, persona="coach_quill")
     assert [(r["id"], r["persona"], r["topic"], r["source"]) for r in records] == [
-        ("my_coach-0001", "coach_quill", "unlabelled", "imported"), ("my_coach-0002", "coach_quill", "planning", "imported")]
+        ("my_coach-0001", "coach_quill", "unlabelled", "imported"),
+        ("my_coach-0002", "coach_quill", "planning", "imported")]
     path.write_text(json.dumps({"messages": chat[:1]}) + "\n")
     with pytest.raises(DatasetError, match=r"my_coach.jsonl:1"):
         load_records(path, persona="coach_quill")

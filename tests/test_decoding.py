@@ -68,7 +68,8 @@ def test_the_rule_takes_the_lowest_loop_rate_without_a_measured_loss():
     assert "tuned.persona_probability" in reasons[1] and "not lowered" in reasons[2]
     assert bench_decoding.choose({"penalty_1.3": lossy}, rows)[0] == "greedy"
     # loops over both systems decide, then the milder setting of two equals
-    assert bench_decoding.choose({"no_repeat_4": calm, "penalty_1.2": calm, "penalty_1.1": calm}, rows)[0] == "penalty_1.1"
+    assert bench_decoding.choose({"no_repeat_4": calm, "penalty_1.2": calm, "penalty_1.1": calm},
+                                 rows)[0] == "penalty_1.1"
     assert bench_decoding.choose({"no_repeat_4": calm, "penalty_1.2": calm}, rows)[0] == "penalty_1.2"
 
 

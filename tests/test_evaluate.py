@@ -189,12 +189,14 @@ def test_evaluate_writes_the_full_report_and_resumes(tmp_path, classifier):
     assert judge["second_judge"]["agreement"]["exact"] == 1.0
     assert report["drift"]["tuned"]["turns"] == 5 and "judge_last_turn" in report["drift"]["tuned"]
     calibration = judge["calibration"]  # a judge with no opinions cannot tell the voice from its absence
-    assert calibration["pairs"] == 2 and not calibration["passed"] and "ranked the in-persona reply first" in calibration["why"]
+    assert (calibration["pairs"] == 2 and not calibration["passed"]
+            and "ranked the in-persona reply first" in calibration["why"])
     pc = report["targets"]["persona_consistency"]  # 2 judged prompts cannot decide it: the classifier does
     assert pc["measure"] == "persona-classifier probability" and not pc["judge_decides"]
     assert "fewer than 5" in pc["judge_not_used_because"] and pc["by_judge"]["diff"] == 0.0
     assert again == json.loads((out / "report.json").read_text())  # the file holds the latest run
-    for name in ("persona_measures", "trait_scores", "win_rates", "lengths", "persona_probabilities", "drift", "knowledge"):
+    for name in ("persona_measures", "trait_scores", "win_rates", "lengths", "persona_probabilities", "drift",
+                 "knowledge"):
         assert (out / report["figures"][name]).stat().st_size > 5000
     summary = (out / "summary.md").read_text()
     assert "## Targets" in summary and "Win rate tuned vs base" in summary and "Second judge two" in summary
@@ -210,6 +212,7 @@ def test_lesson_1s_before_answers_meet_the_tuned_ones(tmp_path):
          "base_with_persona_prompt": "Let's plan!"},
         {"id": "tm-eval-002", "prompt": "Hi", "model": "embedded", "base": "Hello", "base_with_persona_prompt": "Hey"}])
     io.write_jsonl(tmp_path / "eval" / "answers.jsonl", [
-        {"id": "tm-eval-001", "kind": "ordinary", "prompt": "Plan my day.", "base_prompted": "x", "tuned": "First, ..."}])
+        {"id": "tm-eval-001", "kind": "ordinary", "prompt": "Plan my day.", "base_prompted": "x",
+         "tuned": "First, ..."}])
     assert before_and_after(tmp_path) == [{"id": "tm-eval-001", "prompt": "Plan my day.", "before": "As a chatbot...",
                                            "before_with_prompt": "Let's plan!", "tuned": "First, ..."}]

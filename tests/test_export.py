@@ -168,8 +168,8 @@ def test_modelfile_parses_back_and_leaves_out_a_template_it_cannot_write(tiny):
     assert parsed["template"] == template and template.endswith("<|im_start|>assistant\n")
     assert parsed["system"] == default == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     assert parsed["parameters"] == {"stop": ["<|im_end|>", "<|im_start|>"], "temperature": ["0.2"], "num_ctx": ["4096"]}
-    assert ollama.parse_modelfile(ollama.modelfile("b.gguf", tokenizer, adapter="tm.lora.gguf", system="Be TaskMaster."))[
-        "adapter"] == "./tm.lora.gguf"
+    assert ollama.parse_modelfile(ollama.modelfile("b.gguf", tokenizer, adapter="tm.lora.gguf",
+                                                   system="Be TaskMaster."))["adapter"] == "./tm.lora.gguf"
 
     llama3 = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}"
               "<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n"
@@ -302,8 +302,9 @@ def test_gguf_ends_a_turn_at_the_end_of_turn_token(exported):
 @pytest.mark.slow
 def test_persona_adapters_switch_over_one_base(exported, tiny_path):
     out = exported["out"]
-    personas = llama_runtime.PersonaAdapters(out / "base.f16.gguf", {"a": out / "taskmaster.lora.gguf", "b": exported["lora_b"]},
-                                  n_ctx=512)
+    personas = llama_runtime.PersonaAdapters(out / "base.f16.gguf",
+                                             {"a": out / "taskmaster.lora.gguf", "b": exported["lora_b"]},
+                                             n_ctx=512)
     replies = {}
     for name in ["a", "b", None, "a"]:
         personas.use(name)

@@ -140,7 +140,8 @@ def test_faulty_server_run_ends_with_exactly_n_valid_unique_records(spec, serve,
     server, url = serve(latency=0.02, hang=1.0, seed=7)
     endpoint = llm.Endpoint.compatible(url, "fake", timeout=0.4)
     out = tmp_path / "generated.jsonl"
-    result = generate.run(spec, endpoint, out, fast_config(n=40, concurrency=8), against=dataset.load_shipped("taskmaster"))
+    result = generate.run(spec, endpoint, out, fast_config(n=40, concurrency=8),
+                          against=dataset.load_shipped("taskmaster"))
     records = dataset.load_records(out, persona="taskmaster")  # validates every line
     assert len(records) == 40 == len({r["id"] for r in records}) == result.accepted
     server.settle()

@@ -132,7 +132,8 @@ def test_429s_are_retried_after_retry_after_then_given_up(serve):
     endpoint = llm.Endpoint.compatible(url, "fake", timeout=5)
     seen = []
     with pytest.raises(llm.RequestFailed) as failed:
-        llm.chat(endpoint, MESSAGES, schema=SCHEMA, retry=llm.RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.02),
+        llm.chat(endpoint, MESSAGES, schema=SCHEMA,
+                 retry=llm.RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.02),
                  on_retry=lambda reason, wait: seen.append((reason, wait)))
     assert failed.value.reason == "gave_up_429" and failed.value.attempts == 4
     assert server.stats()["requests"] == 4

@@ -110,7 +110,8 @@ def test_a_template_that_rewrites_earlier_turns_is_refused(tiny_path):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_path)
     # Marks the last message, so a prefix renders differently from the whole conversation.
-    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}{% if loop.last %} (last){% endif %}\n"
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}"
+                               "{% if loop.last %} (last){% endif %}\n"
                                "{{ m['content'] }}<|im_end|>\n{% endfor %}"
                                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]

@@ -366,7 +366,8 @@ def test_bleed_replies_are_reused_until_the_adapter_changes(adapters, tmp_path, 
     prompts = multi.bleed_prompts(("taskmaster", "zen_coder"), per_persona=1)
     kw = dict(max_new_tokens=4, progress=False)
     first = multi.bleed_replies(model, tokenizer, prompts, ["taskmaster", "zen_coder"], "conditioned", tmp_path, **kw)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["conditioned__taskmaster.jsonl", "conditioned__zen_coder.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conditioned__taskmaster.jsonl",
+                                                          "conditioned__zen_coder.jsonl"]
     asked = []
     real = multi.design_replies
     monkeypatch.setattr(multi, "design_replies", lambda *a, **k: asked.append(a[3]) or real(*a, **k))

@@ -33,7 +33,8 @@ def test_every_lesson_has_a_notebook_named_by_number():
 
 
 def test_notebooks_are_built_from_their_sources():
-    result = subprocess.run([sys.executable, "scripts/build_notebooks.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "scripts/build_notebooks.py", "--check"], cwd=ROOT,
+                            capture_output=True, text=True)
     assert result.returncode == 0, f"run `python scripts/build_notebooks.py`: {result.stdout}"
 
 
@@ -63,7 +64,8 @@ def test_lesson_2_states_the_shipped_files_own_figures():
                    f"{stats['multi_turn_share']:.0%} multi-turn", f"{len(stats['topics'])} topics",
                    f"median {length['p50']:.0f}", f"95th percentile {length['p95']:.0f}", f"longest {length['max']}",
                    f"distinct-2 over the replies {dataset.distinct_n(replies, 2):.2f}",
-                   f"{len(reserved)} reserved", f"{len(splits['train'])} train, {len(splits['validation'])} validation, "
+                   f"{len(reserved)} reserved",
+                   f"{len(splits['train'])} train, {len(splits['validation'])} validation, "
                    f"{len(splits['test'])} test"):
         assert stated in text, f"lesson 2 should say {stated!r}"
 

@@ -29,7 +29,8 @@ def test_shared_pins_sit_inside_unsloths_ranges():
         assert version_tuple(shared[name]) <= cap, f"{name}=={shared[name]} is above unsloth's cap {cap}"
     for name, below in UNSLOTH_BELOW.items():
         assert version_tuple(shared[name]) < below
-    assert shared["trl"] != "1.15.0", "trl 1.15.0 crashes on CPU at the first step (its fused LM-head loss calls Triton)"
+    assert shared["trl"] != "1.15.0", ("trl 1.15.0 crashes on CPU at the first step "
+                                       "(its fused LM-head loss calls Triton)")
     assert "torch" not in shared, "torch must not be in the shared pins: Colab keeps its own build"
 
 
@@ -46,7 +47,8 @@ def test_each_package_is_pinned_in_one_place():
 def test_installed_versions_are_the_pinned_ones():
     for f in ["requirements.txt", "requirements-cpu.txt", "requirements-dev.txt"]:
         for name, version in pins(f).items():
-            assert metadata.version(name).split("+")[0] == version, f"{name}: installed {metadata.version(name)}, {f} pins {version}"
+            assert metadata.version(name).split("+")[0] == version, (
+                f"{name}: installed {metadata.version(name)}, {f} pins {version}")
 
 
 def test_colab_install_cell_uses_the_same_release_and_unsloth_pins():

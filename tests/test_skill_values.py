@@ -127,7 +127,8 @@ def resolve(dotted: str):
 def code_values(obj, fields) -> dict:
     if inspect.isfunction(obj):
         params = inspect.signature(obj).parameters
-        return {f: params[f].default for f in fields if f in params and params[f].default is not inspect.Parameter.empty}
+        return {f: params[f].default for f in fields
+                if f in params and params[f].default is not inspect.Parameter.empty}
     return {f: getattr(obj, f) for f in fields if hasattr(obj, f)}
 
 

@@ -70,5 +70,6 @@ def test_learning_spec_lists_the_criteria_as_checkboxes():
     text = (ROOT / "LEARNING-SPEC.md").read_text()
     boxes = re.findall(r"^- \[ \] (.+)$", text, re.MULTILINE)
     assert len(boxes) == 7
-    for heading in ["What I want to learn", "Why", "Success criteria", "Constraints", "Questions", "What I already know"]:
+    for heading in ["What I want to learn", "Why", "Success criteria", "Constraints", "Questions",
+                    "What I already know"]:
         assert f"## {heading}" in text

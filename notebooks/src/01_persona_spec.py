@@ -10,8 +10,9 @@
 # **Time:** about 25 minutes, most of it reading and editing the form (an estimate). Run all
 # took 32 s on a 2-core CPU with the embedded model, 28 s of it loading the model and writing the
 # "before" answers (`python bench/bench_lessons.py`, `bench/results/lessons_cpu.json`); on a T4
-# add a few minutes for the 3B model's download (an estimate: no T4 has run it yet). **Hardware:** Colab's free T4, or any CPU (the offline path
-# uses the small SmolLM2-135M model that ships inside a Python package: no download, no key).
+# add a few minutes for the 3B model's download (an estimate: no T4 has run it yet). **Hardware:**
+# Colab's free T4, or any CPU (the offline path uses the small SmolLM2-135M model that ships inside
+# a Python package: no download, no key).
 #
 # **What it leaves behind** in your run folder (`runs/taskmaster/` or on Google Drive):
 # `spec/spec.yaml` (the spec every later lesson reads) and `spec/before.jsonl` (the base

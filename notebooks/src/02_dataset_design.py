@@ -6,7 +6,8 @@
 # validation and test sets stratified by topic.
 #
 # **Time:** about 30 minutes of reading (an estimate); Run all took 10 s on a 2-core CPU
-# (`python bench/bench_lessons.py`, `bench/results/lessons_cpu.json`). **Hardware:** any CPU; no GPU and no API key needed.
+# (`python bench/bench_lessons.py`, `bench/results/lessons_cpu.json`). **Hardware:** any CPU; no
+# GPU and no API key needed.
 #
 # **What it leaves behind** in your run folder: `data/train.jsonl`, `data/validation.jsonl`,
 # `data/test.jsonl`, `data/train_openai.jsonl` (OpenAI fine-tuning format), `data/stats.json`
@@ -17,7 +18,8 @@
 # %% parameters
 SMOKE = False  # True: CI's quick run (same data, the tiny model's tokenizer, which is the same one)
 PERSONA = ""  # empty: the persona you saved in lesson 1 (else TaskMaster); or a shipped slug or a YAML path
-DATA = ""  # your conversations as JSONL (this project's format, or just {"messages": [...]} per line); empty: the shipped ones
+DATA = ""  # your conversations as JSONL (this project's format, or just {"messages": [...]} per line);
+          # empty: the shipped ones
 MODEL = ""  # whose tokenizer measures lengths; empty: the embedded SmolLM2 (the tiny model shares it)
 RUNS_ROOT = ""  # empty: Google Drive in Colab, ./runs elsewhere
 MAX_TOKENS = 512  # the training sequence length of lesson 4: longer examples would be cut off
@@ -103,7 +105,8 @@ print(f"conversations {stats['conversations']}, replies {stats['replies']}, "
       f"multi-turn share {stats['multi_turn_share']:.0%}")
 print(f"tokens per example: median {stats['example_length']['p50']:.0f}, p95 {stats['example_length']['p95']:.0f}, "
       f"max {stats['example_length']['max']}")
-print(f"distinct-2 over replies: {dataset.distinct_n([m['content'] for r in records for m in r['messages'] if m['role'] == 'assistant'], 2):.2f}")
+replies = [m["content"] for r in records for m in r["messages"] if m["role"] == "assistant"]
+print(f"distinct-2 over replies: {dataset.distinct_n(replies, 2):.2f}")
 print(f"generic-assistant phrasing: {persona_stats['generic_rate']:.1%} of replies")
 for phrase, share in sorted(persona_stats["signature_coverage"].items(), key=lambda kv: -kv[1]):
     print(f"  {share:6.1%}  {phrase}")
@@ -200,8 +203,8 @@ print(skillfirst.fill(runs_root, "L02", skillfirst.draft(run, "L02")))
 # ## What you have now
 #
 # - `data/train.jsonl`, `data/validation.jsonl`, `data/test.jsonl`: TaskMaster, validated,
-#   deduplicated, split by topic; `data/classifier_reserved.jsonl`: the classifier's slice. `data/train_openai.jsonl` is the same training set in
-#   OpenAI's fine-tuning format.
+#   deduplicated, split by topic; `data/classifier_reserved.jsonl`: the classifier's slice.
+#   `data/train_openai.jsonl` is the same training set in OpenAI's fine-tuning format.
 # - `data/stats.json` and the three figures.
 #
 # **Success criterion met:** *Create 200 or more persona-consistent training examples* (with

@@ -4,8 +4,9 @@
 # **What you will build:** a batch of new TaskMaster conversations written by a teacher model,
 # checked one by one as they arrive (valid structure, no generic assistant voice, no near-copies
 # of the data you already have), then merged with the conversations you have (the shipped
-# ones, or your own from lesson 2) into the training set lesson 4 fine-tunes on. You will see how a generation prompt is designed for a *voice*, what
-# structured output buys you, and what a quality report of a batch says.
+# ones, or your own from lesson 2) into the training set lesson 4 fine-tunes on. You will see
+# how a generation prompt is designed for a *voice*, what structured output buys you, and what a
+# quality report of a batch says.
 #
 # **Time:** about 30 minutes of reading (an estimate); 200 examples through OpenAI take 2-3
 # minutes and cost about ten cents with `gpt-4o-mini` (an estimate from the price table and

@@ -11,9 +11,9 @@
 # **Time:** Run all took 27 minutes on a 2-core CPU with the local judge: 22 of them generating
 # the three systems' replies, 5 the judge and the measures (`python bench/bench_lessons.py`,
 # `bench/results/lessons_cpu.json`, an AMD EPYC with native bf16). On Colab with an OpenAI key
-# about 20 minutes (an estimate: no T4 has run it yet). **Hardware:** Colab's free T4 or any CPU. An OpenAI key (Colab Secrets:
-# `OPENAI_API_KEY`) makes the judge GPT-4o-mini, for a few cents; without one, a llama.cpp
-# server with the embedded SmolLM2-135M judges, offline and free.
+# about 20 minutes (an estimate: no T4 has run it yet). **Hardware:** Colab's free T4 or any CPU.
+# An OpenAI key (Colab Secrets: `OPENAI_API_KEY`) makes the judge GPT-4o-mini, for a few cents;
+# without one, a llama.cpp server with the embedded SmolLM2-135M judges, offline and free.
 #
 # **What it leaves behind** in `runs/taskmaster/eval/`: `report.json` (every number),
 # `summary.md`, `answers.jsonl` (every reply, side by side) and `figures/*.png`.
@@ -229,7 +229,8 @@ else:
 for row in evaluate.before_and_after(run) or [{"id": "-", "prompt": "(run lesson 1 first to see its answers here)",
                                              "before": "", "before_with_prompt": "", "tuned": ""}]:
     print(f"[{row['id']}] USER: {row['prompt']}\n  before (lesson 1, base): {row['before'][:300]}\n"
-          f"  before, with the persona prompt: {row['before_with_prompt'][:300]}\n  tuned, no prompt: {row['tuned'][:300]}\n")
+          f"  before, with the persona prompt: {row['before_with_prompt'][:300]}\n"
+          f"  tuned, no prompt: {row['tuned'][:300]}\n")
 
 # %% [markdown]
 # ## Update your skill

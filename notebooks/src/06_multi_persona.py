@@ -13,10 +13,10 @@
 # with the embedded SmolLM2-135M they took **72 minutes** together, measured with nothing else
 # running: TaskMaster 6, Codebeard's 120 updates 24, Zen Coder 5, the conditioned adapter's 240
 # updates 37, each with six validation passes (`python bench/bench_multi.py --train-only`,
-# `bench/results/multi_training.json`, an AMD EPYC with native bf16). A CPU without native bf16 trains in fp32, at 229 tokens/s
-# against 389 side by side (`train_cpu.json`): plan on about 1.7 times as long there. Start it
-# and read on, or come back: adapters already in your run folder are reused (lesson 4 left
-# TaskMaster's), and an interrupted run picks up where it stopped.
+# `bench/results/multi_training.json`, an AMD EPYC with native bf16). A CPU without native bf16
+# trains in fp32, at 229 tokens/s against 389 side by side (`train_cpu.json`): plan on about 1.7
+# times as long there. Start it and read on, or come back: adapters already in your run folder
+# are reused (lesson 4 left TaskMaster's), and an interrupted run picks up where it stopped.
 # **Hardware:** Colab's free T4, or any CPU.
 #
 # **What it leaves behind:** `runs/<persona>/adapter/` for every persona, and in
@@ -26,7 +26,8 @@
 # %% install smollm2
 
 # %% parameters
-SMOKE = False  # True: the tiny random-init model, a few records, one prompt per persona; CI runs every notebook this way
+SMOKE = False  # True: the tiny random-init model, a few records, one prompt per persona;
+               # CI runs every notebook this way
 MODEL = ""  # empty: Llama-3.2-3B-Instruct in 4-bit on a Colab GPU, the embedded SmolLM2 on a CPU
 RUNS_ROOT = ""  # empty: Google Drive in Colab (survives a runtime reset), ./runs elsewhere
 PERSONAS = ["taskmaster", "captain_codebeard", "zen_coder"]  # the shipped voices

@@ -21,7 +21,8 @@ def check(run: Path) -> None:
     assert sum(len(v) for v in ids.values()) == len(trainable)  # planted copies and reserved records are gone
     assert {r["id"] for r in read(data / "classifier_reserved.jsonl")} == {r["id"] for r in reserved}
     assert not set().union(*ids.values()) & {r["id"] for r in reserved}
-    assert not (ids["train"] & ids["validation"]) and not (ids["train"] & ids["test"]) and not (ids["validation"] & ids["test"])
+    assert (not (ids["train"] & ids["validation"]) and not (ids["train"] & ids["test"])
+            and not (ids["validation"] & ids["test"]))
     assert {r["topic"] for r in splits["train"]} == {r["topic"] for r in shipped}
     assert len(splits["train"]) >= 0.75 * len(trainable)
     stats = json.loads((data / "stats.json").read_text())

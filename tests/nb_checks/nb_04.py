@@ -13,7 +13,8 @@ def check(run: Path) -> None:
 
     adapter = run / "adapter"
     config = PeftConfig.from_pretrained(str(adapter))
-    assert config.r == 16 and config.lora_alpha == 16 and set(config.target_modules) == set(TrainConfig().target_modules)
+    assert (config.r == 16 and config.lora_alpha == 16
+            and set(config.target_modules) == set(TrainConfig().target_modules))
     assert (adapter / "adapter_model.safetensors").stat().st_size > 10_000
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     assert tokenizer.chat_template == load_tokenizer("tiny").chat_template and tokenizer.eos_token == "<|im_end|>"
