@@ -57,13 +57,12 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bi
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 LOSSES = ("target_logits", "nll", "chunked_nll")
 CPU_ATTENTIONS = ("auto", "eager", "sdpa")
-# "auto" on a CPU: the eager implementation for bf16 runs up to this many tokens (at max_seq_length
-# 512 on the embedded model, best of 3 rounds side by side on an AMD EPYC with AVX512-BF16: 1.05x
-# faster than SDPA on TaskMaster's conversations, bench/results/train_cpu.json, and 1.07x on
-# Captain Codebeard's, the longest, train_cpu_codebeard.json), SDPA beyond it, where eager's
-# batch x heads x length^2 attention matrices, kept for the backward pass, grow large. An fp32
-# run (a CPU without native bf16) takes SDPA at any length: on an AMD EPYC without AVX-512, eager
-# was the slower one (train_cpu_no_avx512.json).
+# "auto" on a CPU: the eager implementation up to this many tokens (at max_seq_length 512 on the
+# embedded model, best of 3 rounds side by side on an AMD EPYC with AVX512-BF16: 1.05x faster than
+# SDPA on TaskMaster's conversations, bench/results/train_cpu.json, and 1.07x on Captain
+# Codebeard's, the longest, train_cpu_codebeard.json; in fp32 on an AMD EPYC without AVX-512 the
+# two were level, 193.5 against 186.5-189.4 tokens/s, train_cpu_no_avx512.json), SDPA beyond it,
+# where eager's batch x heads x length^2 attention matrices, kept for the backward pass, grow large.
 EAGER_UP_TO = 1024
 
 
@@ -107,7 +106,7 @@ class TrainConfig(Settings):
     group_by_length: bool = True  # batches of similar length: padding waste drops from ~27% to ~6% at batch 4
     loss: str = "target_logits"  # LM head only at labelled positions (29% skip the 49k-vocab projection); or TRL's nll
     cpu_autocast: bool = True  # CPU with bf16 base weights: LoRA matmuls in bf16 too (fp32 LoRA weights), ~1.2x
-    cpu_attention: str = "auto"  # CPU attention kernel: auto = eager in bf16 up to 1024 tokens, sdpa otherwise
+    cpu_attention: str = "auto"  # CPU attention kernel: auto = eager up to 1024 tokens (~1.1x over sdpa), sdpa above
     cpu_keep_memory: bool = False  # Linux: freed memory kept between steps; lesson 6 1.15x faster, long runs unmeasured
     keep_checkpoints: bool = False  # delete checkpoints after a successful run (the adapter is the result)
 
@@ -357,11 +356,11 @@ def _load_unsloth(config: TrainConfig, path: str):
     return model, _fix_tokenizer(tokenizer)
 
 
-def cpu_attention(config: TrainConfig, precision: str) -> str:
-    """The attention implementation a CPU run in `precision` uses (see EAGER_UP_TO)."""
+def cpu_attention(config: TrainConfig) -> str:
+    """The attention implementation a CPU run uses (see EAGER_UP_TO)."""
     if config.cpu_attention != "auto":
         return config.cpu_attention
-    return "eager" if precision == "bf16" and config.max_seq_length <= EAGER_UP_TO else "sdpa"
+    return "eager" if config.max_seq_length <= EAGER_UP_TO else "sdpa"
 
 
 def load_for_training(config: TrainConfig, path: str, precision: str, cuda: bool):
@@ -380,7 +379,7 @@ def load_for_training(config: TrainConfig, path: str, precision: str, cuda: bool
     if cuda:
         kwargs["device_map"] = {"": 0}
     else:
-        kwargs["attn_implementation"] = cpu_attention(config, precision)
+        kwargs["attn_implementation"] = cpu_attention(config)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if config.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
