@@ -47,6 +47,8 @@ a one-process run and reports both throughputs.
     python bench/bench_train_cpu.py --steps 2 --rounds 1 --configs baseline,project --no-profile
     python bench/bench_train_cpu.py --persona captain_codebeard --configs project,baseline,project_sdpa \
         --steps 5 --rounds 3 --no-processes --results bench/results/train_cpu_codebeard.json   # long conversations
+    python bench/bench_train_cpu.py --configs project,baseline,project_eager --steps 4 --rounds 3 --no-processes \
+        --results bench/results/train_cpu_no_avx512.json   # on a CPU without native bf16 (fp32)
     python bench/bench_train_cpu.py --configs project,project_compiled --steps 6 \
         --no-profile --no-processes --results bench/results/train_cpu_trials.json   # what was tried and dropped
     python bench/bench_train_cpu.py --configs project,project_train,project_validating --steps 6 --rounds 2 \

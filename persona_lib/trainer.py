@@ -119,6 +119,8 @@ def sft_config(config: TrainConfig, output_dir: str | os.PathLike, *, precision:
     fp32), a plain fp32 PyTorch loop 213 (60%), TRL's defaults 154 (20% of bf16), TRL's
     defaults with bf16 off 102 (29% of fp32); eager attention then adds 1.05-1.16x
     (train_cpu_attention.json), and the loss in chunks of positions 1.01-1.05x (LOSS_CHUNK_BYTES).
+    On an AMD EPYC without AVX-512 everything runs in fp32: 193.5 against the issue's baseline's
+    189.4 (58% of fp32, no slower), the attention implementations level (train_cpu_no_avx512.json).
     Keeping freed memory for the next step (`kept_memory`, `cpu_keep_memory`) adds 1.01-1.07x
     round by round (train_cpu_memory.json) and 1.15x over lesson 6's four trainings, but is off
     by default: see kept_memory.

@@ -10,9 +10,9 @@
 # **Time:** about 30 minutes with the reading. Run all took 4.8 minutes on a 2-core CPU, 256 s
 # of it training (the embedded SmolLM2-135M, offline: 2 epochs, 46 updates over 182
 # conversations, six validation passes), measured on the project's test box, an AMD EPYC with
-# native bf16 (`python bench/bench_lessons.py`, `bench/results/lessons_cpu.json`); a CPU
-# without native bf16 trains in fp32, which ran a third slower there
-# (`bench/results/train_cpu_autocast.json`). On Colab's free T4 (Unsloth,
+# native bf16 (`python bench/bench_lessons.py`, `bench/results/lessons_cpu.json`). A CPU
+# without native bf16 trains in fp32: on an AMD EPYC without AVX-512 Run all took 10.3
+# minutes, 566 s of it training (`bench/results/lessons_cpu_no_avx512.json`). On Colab's free T4 (Unsloth,
 # Llama-3.2-3B-Instruct in 4-bit) training should take about 2.5 minutes after the install
 # and the model's download: an estimate from the tokens and an assumed throughput
 # (`bench/estimate_t4.py`), since no T4 has run it yet.

@@ -14,8 +14,9 @@
 # running: TaskMaster 6, Codebeard's 120 updates 24, Zen Coder 5, the conditioned adapter's 240
 # updates 37, each with six validation passes (`python bench/bench_multi.py --train-only`,
 # `bench/results/multi_training.json`, an AMD EPYC with native bf16). A CPU without native bf16
-# trains in fp32, at 229 tokens/s against 389 side by side (`train_cpu.json`): plan on about 1.7
-# times as long there. Start it and read on, or come back: adapters already in your run folder
+# trains in fp32: plan on 1.7 to 2 times as long there (229 tokens/s against 389 side by side,
+# `train_cpu.json`; 193 on an AMD EPYC without AVX-512, `train_cpu_no_avx512.json`; lesson 6 was
+# not timed there). Start it and read on, or come back: adapters already in your run folder
 # are reused (lesson 4 left TaskMaster's), and an interrupted run picks up where it stopped.
 # **Hardware:** Colab's free T4, or any CPU.
 #
