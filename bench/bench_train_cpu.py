@@ -4,14 +4,15 @@ Trains the embedded SmolLM2-135M with LoRA (r=16, all projections) on the shippe
 training split, the same pre-tokenized data (assistant-only labels) and the same number of
 optimizer steps (8 conversations each) for every configuration, in one process:
 
-- ``project``: persona_lib.train's CPU configuration (TrainConfig.cpu() through SFTTrainer: fp32
-  with SDPA attention, or on a CPU with native bf16 bf16 base weights with the LoRA matmuls in
-  bf16 too, fp32 LoRA weights, eager attention);
+- ``project``: persona_lib.train's CPU configuration (TrainConfig.cpu() through SFTTrainer: fp32,
+  or on a CPU with native bf16 bf16 base weights with the LoRA matmuls in bf16 too, fp32 LoRA
+  weights; eager attention);
 - ``baseline``: the configuration before those changes (``cpu_autocast=False``: fp32 LoRA
   matmuls on bf16 base weights; SDPA attention; glibc's default malloc), on exactly the same
   batches, so their loss curves are compared step by step;
-- ``project_sdpa`` and ``project_eager``: the project's configuration with SDPA or eager attention
-  (what the attention TrainConfig.cpu_attention chooses adds: one of them is the project's);
+- ``project_sdpa``: the project's configuration with SDPA attention (what eager attention adds);
+  ``project_eager`` names eager explicitly (the same as ``project`` today; it was the comparison
+  while an fp32 run took SDPA, train_cpu_no_avx512.json);
 - ``project_kept_memory``: the project's configuration with the memory a step frees kept for the
   next step (``cpu_keep_memory=True``, trainer.kept_memory; off by default for its memory cost).
   Configurations share one process, so after it glibc's thresholds are where kept_memory leaves
@@ -89,8 +90,7 @@ PROJECT = {"project": {}, "baseline": {"cpu_autocast": False, "cpu_attention": "
 # Tried on the project's configuration, kept out of it (and out of the default run) unless they help:
 # torch.compile of every decoder layer (regional compilation: one layer's code compiled once, with
 # dynamic sequence lengths). The eager attention implementation was a trial too, and is now the
-# project's in bf16 (TrainConfig.cpu_attention); `project_sdpa` and `project_eager` keep the
-# measurement of what it adds.
+# project's (TrainConfig.cpu_attention); `project_sdpa` keeps the measurement of what it adds.
 # `project_validating` validates after every step (the persona's validation split) and times only
 # the steps: does a validation pass slow the training steps after it? `project_train` is
 # persona_lib.train.train itself, as the lessons call it (its validation cadence, checkpoints,
