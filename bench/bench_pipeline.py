@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 from persona_lib.io import read_json, write_json
+from persona_lib.llama_build import cpu_model
+from persona_lib.train import cpu_has_native_bf16
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -64,8 +66,8 @@ def main(argv=None) -> int:
     report = {"what": "persona run from an empty runs folder, then again over the finished folder",
               "command": " ".join(["bench_pipeline.py", *(argv if argv is not None else sys.argv[1:])]),
               "persona_run_args": run_args,
-              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                          "load_average_start": load_average()}}
+              "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+                          "cpu_native_bf16": cpu_has_native_bf16(), "load_average_start": load_average()}}
     first_s, out = persona_run(run_args)
     folders = [p for p in root.glob("*") if p.is_dir()]
     if len(folders) != 1:
