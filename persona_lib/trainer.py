@@ -85,8 +85,13 @@ def kept_memory():
     7.98 GB without, and lesson 6's four trainings in one process reached 18 GB
     (bench/results/multi_training_kept_memory.json). With the loss in chunks (LOSS_CHUNK_BYTES)
     the same 40 updates peak at 7.59 GB with it and 7.58 GB without, 361 s against 376 s
-    (bench/bench_kept_memory.py, kept_memory.json). A run as long as lesson 6's has not been
-    measured with the chunks, so TrainConfig.cpu_keep_memory is still off by default."""
+    (bench/bench_kept_memory.py, kept_memory.json). Over 120 of Codebeard's updates, as many as
+    lesson 6's longest persona run, on an AMD EPYC without AVX-512: 1,981 s against 2,085 s
+    (1.05x), 437 page faults a step against 184,000, and the resident memory level at 8.7-8.9 GB
+    from the first update to the last, where the default's swings between 5.8 and 7.9 GB (peaks
+    8.87 and 8.46 GB; kept_memory_120_no_avx512.json): it does not pile up. Still off by
+    default (TrainConfig.cpu_keep_memory): the gain is 4-5%, the memory is held for the whole
+    run, and lesson 6's four trainings in one process have not run with it since the chunks."""
     libc = ctypes.CDLL("libc.so.6") if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" else None
     if libc is None:
         yield
@@ -122,8 +127,8 @@ def sft_config(config: TrainConfig, output_dir: str | os.PathLike, *, precision:
     On an AMD EPYC without AVX-512 everything runs in fp32: 193.5 against the issue's baseline's
     189.4 (58% of fp32, no slower), the attention implementations level (train_cpu_no_avx512.json).
     Keeping freed memory for the next step (`kept_memory`, `cpu_keep_memory`) adds 1.01-1.07x
-    round by round (train_cpu_memory.json) and 1.15x over lesson 6's four trainings, but is off
-    by default: see kept_memory.
+    round by round (train_cpu_memory.json), 1.15x over lesson 6's four trainings and 1.05x over
+    120 updates with the loss in chunks, but is off by default: see kept_memory.
     """
     from trl import SFTConfig
 
