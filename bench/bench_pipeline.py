@@ -24,7 +24,6 @@ from pathlib import Path
 
 from persona_lib.io import read_json, write_json
 from persona_lib.llama_build import cpu_model
-from persona_lib.train import cpu_has_native_bf16
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -63,11 +62,13 @@ def main(argv=None) -> int:
     root = Path(args.runs_root or tempfile.mkdtemp(prefix="bench_pipeline_"))
     run_args = ["--runs-root", str(root), *(["--smoke"] if args.smoke else []), *args.extra]
 
+    from bench_train_cpu import cpu_flags  # bench/ is on sys.path when this file runs as a script
+
     report = {"what": "persona run from an empty runs folder, then again over the finished folder",
               "command": " ".join(["bench_pipeline.py", *(argv if argv is not None else sys.argv[1:])]),
               "persona_run_args": run_args,
               "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-                          "cpu_native_bf16": cpu_has_native_bf16(), "load_average_start": load_average()}}
+                          "cpu_flags": cpu_flags(), "load_average_start": load_average()}}
     first_s, out = persona_run(run_args)
     folders = [p for p in root.glob("*") if p.is_dir()]
     if len(folders) != 1:
