@@ -150,7 +150,7 @@ def draft(run: str | os.PathLike, lesson: str) -> str:
                     f"(seed {stats.get('seed')}), "
                     f"{stats.get('reserved', 0)} reserved for the classifier.")
     if lesson == "L03":
-        report = read("data", "generated.report.json")
+        report = read("data", "generated.report.json") or read("data", "generated-local.report.json")
         if report:
             return (f"- Generated {report.get('accepted_total')} conversations through a quality gate "
                     f"({report.get('rejected_this_run')} rejected this run), {report.get('requests')} requests, "

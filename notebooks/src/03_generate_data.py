@@ -9,17 +9,18 @@
 # quality report of a batch says.
 #
 # **Time:** about 30 minutes of reading (an estimate); 200 examples through OpenAI take 2-3
-# minutes and cost about ten cents with `gpt-4o-mini` (an estimate from the price table and
-# the prompt sizes: no key has run it in CI). **Hardware:** no GPU needed. **Key:** with an OpenAI API key (in
-# Colab: the key icon on the left, a secret named `OPENAI_API_KEY` with notebook access on) the
+# minutes and cost about five cents with `gpt-4o-mini`, twelve at most (`generate.estimate`,
+# from the price table and the prompt sizes: no key has run it in CI). **Hardware:** no GPU
+# needed. **Key:** with an OpenAI API key (in Colab: the key icon on the left, a secret named
+# `OPENAI_API_KEY` with notebook access on) the
 # notebook uses OpenAI. Without one it says so, writes a few examples through a local llama.cpp
 # server running the small embedded model, and carries on with the data you already have: Run
 # all took 18 s that way on a 2-core CPU (`bench/results/lessons_cpu.json`).
 #
 # **What it leaves behind** in `runs/taskmaster/data/`: `generated.jsonl` (the accepted
-# conversations) with its ledger and `generated.report.json` (the quality report),
-# `merged.jsonl` (the training set for lesson 4) and `batch_input.jsonl` (a Batch API file for
-# large runs).
+# conversations; `generated-local.jsonl` without a key) with its ledger and
+# `generated.report.json` (the quality report), `merged.jsonl` (the conversations lesson 4
+# adds to lesson 2's training split) and `batch_input.jsonl` (a Batch API file for large runs).
 
 # %% install smollm2 judge
 
@@ -117,7 +118,9 @@ else:
 print(f"{config.n} examples, up to {config.max_tokens} tokens each, {config.concurrency} in flight")
 
 # %%
-output = data / "generated.jsonl"
+# The local model's records go to a file of their own: with a key added later, the rerun starts
+# generated.jsonl afresh instead of resuming from (and training on) the 135M model's output.
+output = data / ("generated.jsonl" if key else "generated-local.jsonl")
 with llm.connect(OPENAI_MODEL) as endpoint:  # OpenAI with a key; else the local llama.cpp server
     result = generate.run(spec, endpoint, output, config, against=existing)
 report = result.report
@@ -165,7 +168,8 @@ stats = dataset.dataset_stats(merged)
 print(f"merged.jsonl: {len(merged)} conversations ({len(existing)} existing + {len(keep)} generated), "
       f"{stats['multi_turn_share']:.0%} multi-turn, {len(stats['topics'])} topics")
 if not key:
-    print(f"No OpenAI key: training continues with {source} (set OPENAI_API_KEY and rerun for 200 more).")
+    print(f"No OpenAI key: training continues with {source}; the local model's {len(result.records)} "
+          f"records stay in {output.name}. Set OPENAI_API_KEY and rerun to generate {N_EXAMPLES} with OpenAI.")
 
 # %% [markdown]
 # ## Large runs: the Batch API
@@ -179,12 +183,14 @@ if not key:
 # left out, so a batch tops up an interactive run.
 
 # %%
-batch_config = generate.GenerateConfig(n=len(result.records) + 20)
-batch_file = generate.write_batch_file(spec, OPENAI_MODEL, data / "batch_input.jsonl", batch_config, output=output)
+done = len(result.records) if key else 0  # the batch tops up OpenAI's records, never the local model's
+batch_config = generate.GenerateConfig(n=done + 20)
+batch_file = generate.write_batch_file(spec, OPENAI_MODEL, data / "batch_input.jsonl", batch_config,
+                                       output=data / "generated.jsonl")
 first = json.loads(batch_file.read_text().splitlines()[0])
 print(f"{batch_file}: {len(batch_file.read_text().splitlines())} requests; the first is {first['custom_id']}")
 print(generate.estimate(spec, batch_config, llm.Endpoint.compatible(llm.OPENAI_BASE_URL, OPENAI_MODEL),
-                        against=existing, done=len(result.records), batch=True))
+                        against=existing, done=done, batch=True))
 
 # %% [markdown]
 # ## What a good result looks like
@@ -220,9 +226,11 @@ print(skillfirst.fill(runs_root, "L03", skillfirst.draft(run, "L03")))
 # ## What you have now
 #
 # - `data/generated.jsonl`: accepted conversations, each with a deterministic id and its source
-#   model; `generated.ledger.jsonl` says what happened to every item and what it cost.
+#   model; `generated.ledger.jsonl` says what happened to every item and what it cost. Without
+#   a key these are `generated-local.*`, kept apart so that they never reach training.
 # - `data/generated.report.json` and `generation_report.png`: the batch's quality report.
-# - `data/merged.jsonl`: existing + generated, validated: lesson 4 trains on it.
+# - `data/merged.jsonl`: existing + generated, validated: lesson 4 trains on lesson 2's
+#   training split plus the generated conversations in it.
 #
 # **Success criterion met:** *Create 200 or more persona-consistent training examples*.
 # **Skill updated:** the "Dataset creation patterns" section of

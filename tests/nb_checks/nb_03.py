@@ -6,9 +6,13 @@ from pathlib import Path
 
 def check(run: Path) -> None:
     from persona_lib import dataset, generate, teacher
+    from persona_lib.spec import load_spec
 
     data = run / "data"
-    generated = data / "generated.jsonl"
+    # Without a key the local model's records go to a file of their own, so that a rerun with a
+    # key neither resumes from them nor merges them into training.
+    assert not (data / "generated.jsonl").exists()
+    generated = data / "generated-local.jsonl"
     records = dataset.load_records(generated, persona="taskmaster") if generated.stat().st_size else []
     ledger = [json.loads(line) for line in generate.ledger_path(generated).read_text().splitlines()]
     report = json.loads(generate.report_path(generated).read_text())
@@ -31,8 +35,11 @@ def check(run: Path) -> None:
     assert merged == dataset.load_shipped("taskmaster")
 
     batch = [json.loads(line) for line in (data / "batch_input.jsonl").read_text().splitlines()]
-    assert len(batch) == 20 and len({row["custom_id"] for row in batch}) == 20
-    assert not {row["custom_id"] for row in batch} & {row["id"] for row in ledger}
+    # Planned against OpenAI's generated.jsonl (absent), not the local model's file: the first 20
+    # items of the plan, whatever the local model answered.
+    plan = generate.GenerateConfig()
+    first = [teacher.item_at(load_spec("taskmaster"), i, plan.seed, plan.turn_weights).id for i in range(20)]
+    assert [row["custom_id"] for row in batch] == first
     assert all(row["body"]["response_format"]["type"] == "json_schema" for row in batch)
 
 
