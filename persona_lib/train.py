@@ -78,7 +78,7 @@ class TrainConfig(Settings):
     backend: str = "auto"  # auto: Unsloth on a CUDA GPU with unsloth installed, else transformers + PEFT
     # LoRA: style transfer moves few directions, so a small rank suffices.
     lora_r: int = 16  # LoRA rank: 16 to start; 8 suffices for a simple voice, 32-64 is for new tasks
-    lora_alpha: int = 16  # LoRA scale alpha/r; alpha = r gives 1: the learning rate means the same at any rank
+    lora_alpha: int = 16  # LoRA scale alpha/r; alpha = r gives 1, as in Unsloth's examples; a new rank wants a new rate
     lora_dropout: float = 0.0  # 0: a few hundred examples for 1-3 epochs barely overfit; Unsloth's fast path needs 0
     # Layers that get an adapter: all attention and MLP projections (tone lives in the MLPs too).
     target_modules: tuple[str, ...] = TARGET_MODULES  # every attention and MLP projection
@@ -93,7 +93,7 @@ class TrainConfig(Settings):
     weight_decay: float = 0.01  # Unsloth's value: a mild pull of the update towards zero, harmless at this scale
     lr_scheduler: str = "linear"  # linear decay to 0 after warm-up, as in Unsloth's and TRL's examples
     optim: str = "adamw_torch"  # fp32 AdamW on CPU; the T4 preset uses bitsandbytes' 8-bit AdamW
-    max_seq_length: int = 512  # tokens per conversation: the shipped ones fit (longest 487); longer are cut, counted
+    max_seq_length: int = 512  # tokens per conversation: every shipped one fits (longest 500); longer are cut, counted
     seed: int = 3407  # Unsloth's default random_state: same seed, same data order, same LoRA init
     validation_fraction: float = 0.1  # held out of `records` (by topic) when no eval_records are given
     eval_steps: int = -1  # steps between validation passes; -1: up to six, evenly spaced; 0: at the end
@@ -108,7 +108,7 @@ class TrainConfig(Settings):
     cpu_autocast: bool = True  # CPU with bf16 base weights: LoRA matmuls in bf16 too (fp32 LoRA weights), ~1.2x
     cpu_attention: str = "auto"  # CPU attention kernel: auto = eager up to 1024 tokens (~1.1x over sdpa), sdpa above
     cpu_keep_memory: bool = False  # Linux: freed memory kept between steps: ~1.05x, ~0.4 GB more held for the run
-    keep_checkpoints: bool = False  # delete checkpoints after a successful run (the adapter is the result)
+    keep_checkpoints: bool = False  # keep checkpoints after a successful run; off: deleted (the adapter is the result)
 
     def __post_init__(self):
         self.target_modules = tuple(self.target_modules)
@@ -240,9 +240,10 @@ def resolve_precision(requested: str, *, cuda: bool, bf16_supported: bool) -> tu
     `bf16_supported`: the GPU has bf16 (Ampere or newer), or, without CUDA, the CPU multiplies
     bf16 natively (`cpu_has_native_bf16`). On a GPU without bf16 (a T4) bf16 falls back to
     fp16 mixed precision. On a CPU, "bf16" keeps the frozen base weights in bf16 and the LoRA
-    weights in fp32, with no autocast; measured on an AVX512-BF16 EPYC it trains 1.3-1.5x
-    faster than fp32, while a CPU without native bf16 multiplies bf16 about 17x slower (what
-    made TRL's bf16 default ~20x slower on an AVX2-only EPYC), so there it falls back.
+    weights in fp32 (their matmuls in bf16 too with `cpu_autocast`, the default); measured on
+    an AVX512-BF16 EPYC it trains 1.3-1.5x faster than fp32, while a CPU without native bf16
+    multiplies bf16 many times slower (what made TRL's bf16 default ~20x slower on an AVX2-only
+    EPYC), so there it falls back.
     """
     if requested not in PRECISIONS:
         raise ValueError(f"precision={requested!r}: use one of {', '.join(PRECISIONS)}")

@@ -10,11 +10,15 @@ from persona_lib import dataset as ds
 from persona_lib import dedup
 from persona_lib.paths import data_dir
 from persona_lib.spec import load_spec
+from persona_lib.train import TrainConfig
 
 PERSONAS = ("taskmaster", "captain_codebeard", "zen_coder")
 MIN_CONVERSATIONS = {"taskmaster": 200, "captain_codebeard": 100, "zen_coder": 100}
-# Longest example the notebooks train on (max_seq_length on Colab and the CPU path).
-MAX_TOKENS = 2048
+# Every shipped conversation fits the training length whole, so no reply loses its ending:
+# TrainConfig's max_seq_length (the CPU path's and the T4 preset's), counted with SmolLM2's
+# tokenizer and chat template. That template adds its default system prompt, which is longer
+# than the conditioned adapter's "You are <name>." (lesson 6), so the count is an upper bound.
+MAX_TOKENS = TrainConfig().max_seq_length
 
 
 @pytest.fixture(scope="module")
