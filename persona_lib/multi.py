@@ -21,6 +21,7 @@ validated matrix on reference replies (`ceiling_matrix`) is the best a model can
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import statistics
@@ -84,6 +85,17 @@ def load_personas(model_id: str, adapters: Mapping[str, str | os.PathLike]):
         model.load_adapter(str(folder), adapter_name=name)
     model.eval()
     return model, tokenizer
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """{"base", "lora"}: the model's parameters, the LoRA matrices apart. A 4-bit weight
+    (bitsandbytes' Params4bit, as Unsloth loads the base on a T4) is stored packed, two values a
+    byte, so its `numel()` is half the real count; its quant_state keeps the real shape."""
+    counts = {"base": 0, "lora": 0}
+    for name, p in model.named_parameters():
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        counts["lora" if "lora_" in name else "base"] += p.numel() if shape is None else int(math.prod(shape))
+    return counts
 
 
 def use_persona(model, name: str) -> None:

@@ -94,6 +94,17 @@ def test_switching_never_reloads_the_base(adapters, monkeypatch, tiny):
     assert loads == {"model": 0, "adapter": 1}
 
 
+def test_parameter_counts_split_lora_and_count_a_packed_4bit_weight_at_its_real_size():
+    from types import SimpleNamespace
+
+    model = torch.nn.Module()
+    model.q_proj = torch.nn.Linear(8, 6, bias=False)
+    model.lora_A = torch.nn.Linear(8, 2, bias=False)
+    model.packed = torch.nn.Parameter(torch.zeros(24, 1, dtype=torch.uint8), requires_grad=False)
+    model.packed.quant_state = SimpleNamespace(shape=torch.Size([6, 8]))  # bitsandbytes: 48 values in 24 bytes
+    assert multi.parameter_counts(model) == {"base": 48 + 48, "lora": 16}
+
+
 def test_persona_replies_switch_and_reach_the_base(adapters):
     model, tokenizer = multi.load_personas("tiny", adapters)
     conversation = [[{"role": "user", "content": "What should I do first today?"}]]

@@ -16,11 +16,13 @@
 # `bench/results/multi_training.json`, an AMD EPYC with native bf16). A CPU without native bf16
 # trains in fp32: plan on 1.7 to 2 times as long there (229 tokens/s against 389 side by side,
 # `train_cpu.json`; 193 on an AMD EPYC without AVX-512, `train_cpu_no_avx512.json`; lesson 6 was
-# not timed there). Start it and read on, or come back: adapters already in your run folder
-# are reused (lesson 4 left TaskMaster's), and an interrupted run picks up where it stopped.
+# not timed there). Start it and read on, or come back: adapters this lesson trained before are
+# reused, and an interrupted run picks up where it stopped. (Lesson 4's TaskMaster adapter stops
+# at fewer updates than this lesson asks, so TaskMaster trains here too, beside it.)
 # **Hardware:** Colab's free T4, or any CPU.
 #
-# **What it leaves behind:** `runs/<persona>/adapter/` for every persona, and in
+# **What it leaves behind:** `runs/<persona>/adapter/` for every persona (TaskMaster's in
+# `adapter-<hash>/` when lesson 4's was trained another way), and in
 # `runs/taskmaster/multi/`: `conditioned_adapter/`, `bleed.json` + `bleed.png` (the persona
 # confusion matrices), `blend.json` + `blend.png`, `routing.json` and `summary.json`.
 
@@ -124,11 +126,10 @@ print(f"conditioned adapter: {'trained' if t['trained'] else 'reused'}, {t['trai
 
 # %%
 model, tokenizer = multi.load_personas(model_id, adapters)
-lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-base = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+counts = multi.parameter_counts(model)  # counts a 4-bit base (Colab) at its real size
 print(f"adapters loaded: {list(model.peft_config)}")
-print(f"base parameters: {base:,}; all {len(adapters)} adapters together: {lora:,} "
-      f"({100 * lora / base:.1f}% of the base)")
+print(f"base parameters: {counts['base']:,}; all {len(adapters)} adapters together: {counts['lora']:,} "
+      f"({100 * counts['lora'] / counts['base']:.1f}% of the base)")
 
 # %% [markdown]
 # ## Switch live
@@ -246,9 +247,10 @@ print(f"\nmean diagonal: ceiling {bleed['ceiling']['mean_diagonal']:.2f}, separa
 # close to the ceiling is as good as this classifier can tell; below it, look at the replies
 # themselves (`replies/` in the run folder) before you believe either number.
 #
-# **What a good result looks like** (the embedded model, 30 prompts per persona,
-# `bench/results/multi.json`): separate adapters reach a diagonal of TaskMaster 0.83 [0.70,
-# 0.97], Codebeard 0.80 [0.63, 0.93] and Zen Coder 0.77 [0.60, 0.90], against the classifier's
+# **What a good result looks like** (the embedded model; every persona answers the same 30
+# pooled prompts, 10 of each persona's, `bench/results/multi.json`): separate adapters reach a
+# diagonal of TaskMaster 0.83 [0.70, 0.97], Codebeard 0.80 [0.63, 0.93] and Zen Coder 0.77
+# [0.60, 0.90], against the classifier's
 # own ceiling of 1.00, 0.96 and 0.66 (Zen Coder's reference replies are the hardest to tell
 # apart, so read its row against that). One conditioned adapter on the same conversations
 # reaches only 0.50, 0.63 and 0.60: the voices bleed into each other. A row near 0.33 means the
@@ -258,9 +260,9 @@ print(f"\nmean diagonal: ceiling {bleed['ceiling']['mean_diagonal']:.2f}, separa
 #
 # PEFT's `add_weighted_adapter` builds a new adapter from a weighted sum of others. With
 # `combination_type="cat"` the result is exactly `(1 - w) x first + w x second` (the ranks
-# add up); `"svd"` compresses that back to one rank; `"linear"` mixes the matrices in a way
-# that is only an approximation and needs equal ranks. Walk the weight from 0 to 1 and ask the
-# classifier how much of the second voice it hears.
+# add up); `"svd"` compresses that back to the larger of the two ranks; `"linear"` mixes the
+# matrices in a way that is only an approximation and needs equal ranks. Walk the weight from
+# 0 to 1 and ask the classifier how much of the second voice it hears.
 
 # %%
 a, b = config.blend_pair
