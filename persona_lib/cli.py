@@ -2,7 +2,7 @@
 
     persona run                      # TaskMaster on the embedded model, offline
     persona run --persona zen_coder  # another shipped persona, or a path to a spec YAML
-    persona run --smoke              # every stage on the tiny model, in about a minute
+    persona run --smoke              # every stage on the tiny model, in about 30 seconds
     persona run --persona my.yaml --generate 120   # a new persona: generate data, then train
     persona run --write-config run.yaml   # every setting of every stage, to edit
     persona run --config run.yaml    # run with them (flags given here still win)
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reply length cap in tokens (default 120)")
     p.add_argument("--force", action="store_true", default=None, help="redo finished stages instead of resuming")
     p.add_argument("--smoke", action="store_true",
-                   help="the tiny model, a few steps: checks every stage in about a minute")
+                   help="the tiny model, a few steps: checks every stage in about 30 seconds")
     p.add_argument("--config", help="a YAML file of settings (run fields, and train:, eval:, export: sections); "
                                      "flags given here win, and so do --smoke's own settings")
     p.add_argument("--write-config", dest="write_config", metavar="FILE",

@@ -1,6 +1,6 @@
 """Train a LoRA adapter for one persona: a thin command line over persona_lib.train.
 
-    python scripts/fine_tune_persona.py --model_id microsoft/phi-4-mini-instruct \\
+    python scripts/fine_tune_persona.py --model_id microsoft/Phi-4-mini-instruct \\
         --dataset_path persona_data/captain_codebeard.jsonl --persona_name captain_codebeard \\
         --output_dir trained_adapters
     python scripts/fine_tune_persona.py --dataset_path persona_data/zen_coder_full.jsonl \\
@@ -30,7 +30,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-GPU_DEFAULT_MODEL = "microsoft/phi-4-mini-instruct"
+GPU_DEFAULT_MODEL = "microsoft/Phi-4-mini-instruct"
 # Flags of the documented interface that set TrainConfig fields under their own names.
 DOCUMENTED = {"model_id", "max_seq_length", "load_in_4bit"}
 

@@ -56,7 +56,7 @@ def test_settings_layer_preset_then_yaml_then_flags(tmp_path):
     assert cpu.target_modules == ("q_proj", "v_proj")
     plain = module.build_parser().parse_args(["--dataset_path", "x.jsonl", "--persona_name", "zen_coder"])
     gpu = module.config_from_args(plain, cuda=True)
-    assert gpu.model_id == "microsoft/phi-4-mini-instruct" and not gpu.load_in_4bit  # quantization is opt-in
+    assert gpu.model_id == "microsoft/Phi-4-mini-instruct" and not gpu.load_in_4bit  # quantization is opt-in
     assert gpu.gradient_checkpointing and gpu.optim == "adamw_8bit"
     assert module.config_from_args(plain, cuda=False) == TrainConfig.cpu()
 

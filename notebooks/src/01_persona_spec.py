@@ -165,7 +165,7 @@ print(f"saved {len(before)} answers to {run / 'spec' / 'before.jsonl'}")
 # I'll make sure to keep your list updated..." (`bench/results/decoding.json`, 28 held-out
 # prompts: signature phrases in 7% of its replies). Without the prompt it answers as a generic
 # chatbot. That gap is what lesson 4 closes. These replies are decoded with `chat.CHAT`: no
-# three tokens repeated. Plain greedy decoding made 89% of the prompted replies loop ("I'm just
+# run of three tokens twice in a reply. Plain greedy decoding made 89% of the prompted replies loop ("I'm just
 # a task assistant" over and over); with the guard, 4% do. A 3B model on a T4 writes fluent
 # replies that already sound like an assistant with a brief; the voice is still the prompt's,
 # not the model's (an expectation: no T4 run is committed yet).
@@ -188,7 +188,8 @@ print(f"saved {len(before)} answers to {run / 'spec' / 'before.jsonl'}")
 # 1. Add a trait "concise" with five levels of your own. What does a 1 look like? Save, and
 #    re-run the system prompt cell: did the prompt grow? By how many words?
 # 2. Set a trait's weight to 3 in the form and read the message. Then break the YAML by
-#    hand (delete a colon) and run `persona spec check runs/taskmaster/spec/spec.yaml`.
+#    hand (delete a colon) and run `!persona spec check {spec_path}` in a cell (the `!` runs
+#    a shell command; `{spec_path}` is filled in from the notebook).
 # 3. Load `captain_codebeard` or `zen_coder` instead (the `PERSONA` parameter). Which of
 #    their traits would be hardest for a judge to score, and why?
 # 4. Compare the two "before" answers. Which parts of the persona did the system prompt

@@ -179,7 +179,6 @@ io.write_json(data_dir / "stats.json", {**summary, "dedup_dropped": [d.id for d 
 # generic-assistant phrasing in 0.0% of replies; every signature phrase in 6 to 7% of replies,
 # none dominating. The two planted copies are dropped and nothing else is. The split: 42
 # reserved for the classifier, then 165 train, 17 validation, 17 test, every topic in train.
-# Smoke mode counts tokens with the tiny model's tokenizer, so its lengths differ.
 #
 # A dataset in trouble looks different: problems listed by the validation cell, a 95th
 # percentile near the sequence length (replies get cut mid-sentence), one phrase in a third of

@@ -8,11 +8,12 @@
 # the model never trained on.
 #
 # **Time:** about 30 minutes with the reading. Run all took 4.8 minutes on a 2-core CPU, 256 s
-# of it training (the embedded SmolLM2-135M, offline: 2 epochs, 46 updates over 182
-# conversations, six validation passes), measured on the project's test box, an AMD EPYC with
-# native bf16 (`python bench/bench_lessons.py`, `bench/results/lessons_cpu.json`). A CPU
-# without native bf16 trains in fp32: on an AMD EPYC without AVX-512 Run all took 10.3
-# minutes, 566 s of it training (`bench/results/lessons_cpu_no_avx512.json`). On Colab's free T4 (Unsloth,
+# of it in the training cell (the embedded SmolLM2-135M, offline: 2 epochs, 42 updates over
+# lesson 2's 165 training conversations, six validation passes), measured after lessons 1-3 in
+# the same run folder on the project's test box, an AMD EPYC with native bf16
+# (`python bench/bench_lessons.py`, `bench/results/lessons_cpu.json`). A CPU without native
+# bf16 trains in fp32: on an AMD EPYC without AVX-512 Run all took 10.3 minutes, 570 s of it in
+# the training cell (`bench/results/lessons_cpu_no_avx512.json`). On Colab's free T4 (Unsloth,
 # Llama-3.2-3B-Instruct in 4-bit) training should take about 2.5 minutes after the install
 # and the model's download: an estimate from the tokens and an assumed throughput
 # (`bench/estimate_t4.py`), since no T4 has run it yet.
@@ -76,9 +77,12 @@ for name, n in share["per_module"].items():
 print(f"LoRA r={LORA_R} trains {share['trainable']:,} parameters: {100 * share['share']:.2f}% of the model")
 
 # %% [markdown]
-# The share differs by model: SmolLM2-135M spends a fifth of its parameters on the 49k-token
-# embedding, so its share looks larger (about 3%); a 3B model lands near 1%. Because the base
-# stays frozen, QLoRA can also keep it in 4-bit (NF4) and train only the adapter in 16-bit:
+# The share differs by model. An adapter on a d-wide projection adds about 2r/d of its weights,
+# so SmolLM2-135M's narrow layers (576 wide) give a larger share (3.6%) than a 3B model's
+# (3072 wide), which lands near 1%; the embedding takes no adapter and only adds to the total
+# (a fifth of SmolLM2's parameters). Because the base
+# stays frozen, QLoRA can also keep it in 4-bit (NF4) and train only the adapter, computing in
+# 16-bit:
 # that is what lets a 3B model train on a T4's 15 GB.
 #
 # ## The hyperparameters that matter for a voice
@@ -103,15 +107,17 @@ for name in ("lora_r", "lora_alpha", "target_modules", "learning_rate", "num_epo
 # (too many and the model repeats the training replies word for word), **learning rate**
 # (2e-4 is LoRA's usual value for a 3B model; the 135M model needs 1e-3 to pick up the voice
 # in two epochs, measured: the note in `persona_lib/train.py`), then **rank** (8 or 16 is
-# plenty for style: a voice is a small change). `alpha = r` keeps
-# the update's scale at 1, so a rank change does not silently change the learning rate.
+# plenty for style: a voice is a small change). `alpha = r` sets the update's scale factor
+# (alpha / r) to 1. It does not make the rank and the learning rate independent: a larger rank
+# still takes larger steps under Adam, so when you change the rank, retune the learning rate.
 #
 # ## The data, and what the loss sees
 #
 # Lesson 2 split the conversations (`data/train.jsonl`, `data/validation.jsonl`, a test split,
 # and a slice reserved for lesson 5's persona classifier, never trained on); the conversations
 # lesson 3 generated join the training set. Without lesson 2's files, lesson 3's
-# `data/merged.jsonl` or the shipped data is split here the same way.
+# `data/merged.jsonl` or the shipped data is split here more simply: the classifier's slice
+# left out, 10% held out for validation, and no test split.
 
 # %%
 data = dataset.chapter_training_data(run, spec.slug, validation_fraction=config.validation_fraction, seed=config.seed)
@@ -210,14 +216,17 @@ saved = io.write_json(adapter_dir / "style_check.json",
 # ## What a good result looks like
 #
 # On the embedded SmolLM2-135M after 2 epochs (the project's full run,
-# `bench/results/train_cpu_full.json`): training loss from 3.52 to about 2.86, validation loss
+# `bench/results/train_cpu_full.json`, replies decoded greedily): training loss from 3.52 to about 2.86, validation loss
 # from 3.30 to 3.09, falling at every evaluation; on 28 held-out prompts without a system
 # prompt, the signature rate from 0% to 11% and knowledge recall unchanged within its noise.
 # The replies change shape. Asked to put "renew library card" on a list, the base model
 # answers "as a chatbot, I'm designed to provide information and assistance only"; the tuned
 # one answers "That's a good plan. 'Renew library card' is a quick and easy action". Expect
-# the small model's limits too: a list that repeats one line ("Fundraiser Gala: 418 Mercer
-# St" six times), and replies that write as if a change were made when nothing was. On a T4
+# the small model's limits too: under greedy decoding a list that repeats one line
+# ("Fundraiser Gala: 418 Mercer St" six times), which this lesson's decoding (`CHAT`: no
+# three-token run twice) prevents (loop rate 0.79 to 0.00 on 28 prompts,
+# `bench/results/decoding.json`); and replies that write as if a change were made when nothing
+# was. On a T4
 # with the 3B model expect fluent, list-shaped replies in TaskMaster's voice (an expectation:
 # no T4 run is committed yet).
 #
@@ -284,5 +293,7 @@ print(skillfirst.fill(runs_root, "L04", skillfirst.draft(run, "L04")))
 # 3. Set `EPOCHS = 6`. Watch the validation curve and the distinct-2 score. What happens?
 # 4. Stop the training cell half-way (the stop button), then run it again. Which step does it
 #    resume from, and does the loss curve continue where it stopped?
-# 5. Run `python scripts/fine_tune_persona.py --help` and train Captain Codebeard from
-#    `persona_data/captain_codebeard.jsonl` with the same settings, from the command line.
+# 5. In a clone of the repository (on Colab: `!git clone https://github.com/persona-lab/persona-lab`,
+#    then `%cd persona-lab`), run `python scripts/fine_tune_persona.py --help` and train
+#    Captain Codebeard from `persona_data/captain_codebeard.jsonl` with the same settings,
+#    from the command line.
