@@ -9,7 +9,7 @@
 # quality report of a batch says.
 #
 # **Time:** about 30 minutes of reading (an estimate); 200 examples through OpenAI take 2-3
-# minutes and cost about five cents with `gpt-4o-mini`, twelve at most (`generate.estimate`,
+# minutes and cost about six cents with `gpt-4o-mini`, twelve at most (`generate.estimate`,
 # from the price table and the prompt sizes: no key has run it in CI). **Hardware:** no GPU
 # needed. **Key:** with an OpenAI API key (in Colab: the key icon on the left, a secret named
 # `OPENAI_API_KEY` with notebook access on) the
