@@ -69,7 +69,8 @@ def test_release_tag_package_version_and_badges_agree():
               for tag in re.findall(r"colab\.research\.google\.com/github/[^/]+/[^/]+/blob/([^/]+)/", path.read_text())]
     assert len(badges) >= 14  # seven in the README, one per notebook
     assert {tag for _, tag in badges} == {colab.RELEASE_TAG}, badges
-    assert f"git tag {colab.RELEASE_TAG}" in (root / "README.md").read_text()  # how a release is cut
+    readme = (root / "README.md").read_text()  # how a release is cut: the tag it names, the one it pushes
+    assert f"(now `{colab.RELEASE_TAG}`)" in readme and 'print(RELEASE_TAG)")\ngit tag "$TAG"' in readme
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@
 # and write the Ollama Modelfile you will use at home.
 #
 # **Time:** about 15 minutes on a CPU with the embedded SmolLM2-135M, most of it reading: Run
-# all took 68 s on the project's 2-core box (`python bench/bench_lessons.py`,
-# `bench/results/lessons_cpu.json`), the merge, f16 conversion and two quantizations 27 s of
+# all took 68 s on the project's 2-core box after lessons 1-5 (`python bench/bench_lessons.py`,
+# `bench/results/lessons_cpu.json`; without lesson 6's adapters only TaskMaster's LoRA is
+# converted in section 5), the merge, f16 conversion and two quantizations 27 s of
 # it (`bench/results/export.json`). On Colab with the 3B model, 20-35 minutes and ~25 GB of disk:
 # an estimate (no T4 has run it yet), of which converting and quantizing 6 GB of weights on
 # the runtime's 2 vCPUs is about 6 minutes scaled from those measurements
@@ -255,7 +256,8 @@ print(f"{served['base_url']} ({served['model']}): {served['reply']!r} [{served['
 # text. SYSTEM is the system prompt every training example was rendered with (SmolLM2's
 # template inserts its default one); TaskMaster's voice is in the weights, not in SYSTEM. For a
 # template that is not ChatML (Llama 3.2 on Colab) the Modelfile leaves TEMPLATE out, so Ollama
-# uses the template stored in the GGUF, and stops at the tokenizer's end-of-turn token.
+# picks its own Go template that matches the chat template stored in the GGUF, and stops at the
+# tokenizer's end-of-turn token.
 
 # %%
 tokenizer = models.load_tokenizer(str(merged))
