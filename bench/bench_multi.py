@@ -21,6 +21,8 @@ adapters on one base model:
 
     python bench/bench_multi.py                  # the full run, about 2 hours on a quiet 2-core CPU
     python bench/bench_multi.py --train-only     # lesson 6's four trainings only -> multi_training.json
+    python bench/bench_multi.py --train-only --separate-only --runs DIR   # the three persona adapters;
+                                                 # the same command without --separate-only then adds the fourth
     python bench/bench_multi.py --records-per-persona 8 --max-steps 2 --prompts-per-persona 2 \\
         --max-new-tokens 24 --reloads 1 --results /tmp/multi_small.json   # a plumbing check, minutes
 
@@ -98,7 +100,12 @@ def main(argv=None) -> int:
     parser.add_argument("--train-only", action="store_true",
                         help="time lesson 6's four trainings and stop "
                              "(72 minutes on a quiet 2-core CPU, multi_training.json)")
+    parser.add_argument("--separate-only", action="store_true",
+                        help="with --train-only: the three persona adapters, not the conditioned one (about half "
+                             "the time; a later run with the same --runs reuses them and times the conditioned one)")
     args = parser.parse_args(argv)
+    if args.separate_only and not args.train_only:
+        parser.error("--separate-only goes with --train-only")
 
     import torch
 
@@ -114,13 +121,19 @@ def main(argv=None) -> int:
                                min_steps_by_persona=persona_steps, prompts_per_persona=args.prompts_per_persona,
                                blend_prompts_per_persona=args.blend_prompts_per_persona,
                                max_new_tokens=args.max_new_tokens)
+    # bench/ is on sys.path when this file runs as a script
+    from bench_train_cpu import cpu_flags, matmul_rates, peak_rss_gb, rates_before_after
+
+    from persona_lib.llama_build import cpu_model
+
     runs = Path(args.runs or tempfile.mkdtemp(prefix="bench_multi_"))
     results = Path(args.results or RESULTS / ("multi_training.json" if args.train_only else "multi.json"))
     report: dict = {
         "what": "separate persona adapters vs one persona-conditioned adapter on one base model",
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "load_average_start": load_average()},
+        "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpu_flags": cpu_flags(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "load_average_start": load_average()},
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
         "runs": str(runs),
     }
@@ -131,9 +144,6 @@ def main(argv=None) -> int:
     # ---- training, each design from scratch. This machine's matmul rates are read before and after
     # each run (bench_train_cpu's 2048 x 2048 reading, 4 s): a shared host can be slower for a while,
     # and the rates say whether a training time was taken on a machine at its usual speed.
-    # bench/ is on sys.path when this file runs as a script
-    from bench_train_cpu import matmul_rates, peak_rss_gb, rates_before_after
-
     def train_timed(folder, train_config, records) -> dict:
         before = matmul_rates()
         t, wall = timed(lambda: multi.ensure_adapter(folder, train_config, records))
@@ -150,23 +160,33 @@ def main(argv=None) -> int:
     training = {}
     for slug in config.personas:
         training[slug] = train_timed(multi.adapter_dir(slug, runs), config.train_config(slug), config.records(slug))
-    mixed = multi.conditioned_records({slug: config.records(slug) for slug in config.personas})
-    training[multi.CONDITIONED] = train_timed(multi.conditioned_dir(runs), conditioned_config, mixed)
+    if not args.separate_only:
+        mixed = multi.conditioned_records({slug: config.records(slug) for slug in config.personas})
+        training[multi.CONDITIONED] = train_timed(multi.conditioned_dir(runs), conditioned_config, mixed)
     separate_s = sum(training[s]["train_s"] for s in config.personas)
     report["training"] = {
         "per_adapter": training,
         "separate_total_train_s": round(separate_s, 2),
-        "conditioned_train_s": training[multi.CONDITIONED]["train_s"],
-        "conditioned_over_separate": round(training[multi.CONDITIONED]["train_s"] / separate_s, 3),
+        "separate_total_wall_s": round(sum(training[s]["wall_s"] for s in config.personas), 2),
         "reused_not_timed": [k for k, v in training.items() if not v["trained"]],
-        "all_four_train_s": round(separate_s + training[multi.CONDITIONED]["train_s"], 2),
-        "all_four_wall_s": round(sum(t["wall_s"] for t in training.values()), 2),
     }
+    if not args.separate_only:
+        conditioned_s = training[multi.CONDITIONED]["train_s"]
+        report["training"].update({
+            "conditioned_train_s": conditioned_s,
+            "conditioned_over_separate": round(conditioned_s / separate_s, 3),
+            "all_four_train_s": round(separate_s + conditioned_s, 2),
+            "all_four_wall_s": round(sum(t["wall_s"] for t in training.values()), 2),
+        })
     if args.train_only:
         report["machine"]["load_average_end"] = load_average()
         write_json(results, report)
-        print(f"lesson 6's four trainings: {report['training']['all_four_wall_s'] / 60:.1f} minutes "
-              f"(separate {separate_s:.0f} s, conditioned {training[multi.CONDITIONED]['train_s']:.0f} s) -> {results}")
+        if args.separate_only:
+            print(f"lesson 6's three persona trainings: {report['training']['separate_total_wall_s'] / 60:.1f} "
+                  f"minutes ({separate_s:.0f} s training) -> {results}")
+        else:
+            print(f"lesson 6's four trainings: {report['training']['all_four_wall_s'] / 60:.1f} minutes "
+                  f"(separate {separate_s:.0f} s, conditioned {conditioned_s:.0f} s) -> {results}")
         return 0
 
     # ---- all four adapters on one base

@@ -82,9 +82,10 @@ print(f"model: {model_id}\nrun folder: {runs_root}\nthis lesson writes to: {out}
 # same 30 prompts, though its validation loss had stopped falling. Read the paired difference
 # before you trust the rule: +0.13 [-0.03, +0.33], one run each, so the interval still holds
 # "no gain". `config.min_steps_by_persona` gives Codebeard 120 as the cautious choice (it costs
-# about 20 more CPU minutes, 11 in Codebeard's run and 8 in the conditioned one), not as a
-# proven need. If your bleed matrix shows another weak
-# voice, add it there (`MultiConfig(min_steps_by_persona={...})`) and retrain.
+# about 21 more CPU minutes, 12 in Codebeard's run and 9 in the conditioned one: the times in
+# `multi_training.json` in proportion to the updates), not as a proven need. If your bleed
+# matrix shows another weak voice, add it there (`MultiConfig(min_steps_by_persona={...})`) and
+# retrain.
 
 # %%
 adapters, training = {}, {}
