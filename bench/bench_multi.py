@@ -64,6 +64,20 @@ def diagonal_intervals(matrix: dict) -> dict[str, list]:
             if row in matrix["labels"]}
 
 
+def earlier_timings(results: Path, runs: Path, cpu_flags: dict) -> dict:
+    """The per-adapter timings that `results` already holds from an earlier run in the same `runs`
+    folder on a CPU with the same instruction sets ({} when there are none). A training split over
+    two runs (--separate-only, then the same command without it) then reports all four times in
+    one file; an adapter reused from elsewhere stays "reused, not timed"."""
+    if not results.is_file():
+        return {}
+    previous = read_json(results)
+    if previous.get("runs") != str(runs) or previous.get("machine", {}).get("cpu_flags") != cpu_flags:
+        return {}
+    timed_there = {k: v for k, v in previous.get("training", {}).get("per_adapter", {}).items() if v.get("trained")}
+    return {**timed_there, "_run": previous} if timed_there else {}
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -94,7 +108,8 @@ def main(argv=None) -> int:
     parser.add_argument("--switch-repeats", type=int, default=500, help="adapter switches timed (median)")
     parser.add_argument("--reloads", type=int, default=3, help="base + adapter reloads timed (median)")
     parser.add_argument("--runs", default="", help="run folder root (default: a fresh temporary folder; "
-                                                   "adapters already there are reused and not timed)")
+                                                   "adapters already there are reused: not timed, unless "
+                                                   "--results holds their times from an earlier run there)")
     parser.add_argument("--results", default="", help="default: bench/results/multi.json, "
                         "or multi_training.json with --train-only")
     parser.add_argument("--train-only", action="store_true",
@@ -144,10 +159,14 @@ def main(argv=None) -> int:
     # ---- training, each design from scratch. This machine's matmul rates are read before and after
     # each run (bench_train_cpu's 2048 x 2048 reading, 4 s): a shared host can be slower for a while,
     # and the rates say whether a training time was taken on a machine at its usual speed.
-    def train_timed(folder, train_config, records) -> dict:
+    earlier = earlier_timings(results, runs, report["machine"]["cpu_flags"])
+
+    def train_timed(name, folder, train_config, records) -> dict:
         before = matmul_rates()
         t, wall = timed(lambda: multi.ensure_adapter(folder, train_config, records))
         after = matmul_rates()
+        if not t["trained"] and earlier.get(name, {}).get("folder") == str(t["folder"]):
+            return {**earlier[name], "timed_in_earlier_run": True}
         manifest = read_json(Path(t["folder"]) / "manifest.json")
         return {**t, "wall_s": round(wall, 2), "tokens_per_second": manifest["throughput"]["tokens_per_second"],
                 "tokens_per_second_in_steps": manifest["throughput"].get("tokens_per_second_in_steps"),
@@ -159,17 +178,22 @@ def main(argv=None) -> int:
 
     training = {}
     for slug in config.personas:
-        training[slug] = train_timed(multi.adapter_dir(slug, runs), config.train_config(slug), config.records(slug))
+        training[slug] = train_timed(slug, multi.adapter_dir(slug, runs), config.train_config(slug),
+                                     config.records(slug))
     if not args.separate_only:
         mixed = multi.conditioned_records({slug: config.records(slug) for slug in config.personas})
-        training[multi.CONDITIONED] = train_timed(multi.conditioned_dir(runs), conditioned_config, mixed)
+        training[multi.CONDITIONED] = train_timed(multi.CONDITIONED, multi.conditioned_dir(runs),
+                                                  conditioned_config, mixed)
     separate_s = sum(training[s]["train_s"] for s in config.personas)
     report["training"] = {
         "per_adapter": training,
         "separate_total_train_s": round(separate_s, 2),
         "separate_total_wall_s": round(sum(training[s]["wall_s"] for s in config.personas), 2),
         "reused_not_timed": [k for k, v in training.items() if not v["trained"]],
+        "timed_in_earlier_run": [k for k, v in training.items() if v.get("timed_in_earlier_run")],
     }
+    if report["training"]["timed_in_earlier_run"]:
+        report["earlier_run"] = {k: earlier["_run"][k] for k in ("command", "machine")}
     if not args.separate_only:
         conditioned_s = training[multi.CONDITIONED]["train_s"]
         report["training"].update({
