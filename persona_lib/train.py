@@ -590,6 +590,10 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
 
     steps_per_epoch = math.ceil(math.ceil(train_data.examples / (config.batch_size * processes))
                                 / config.gradient_accumulation_steps)
+    # The manifest records the config as asked for: its max_steps stays -1 when min_steps sets the
+    # run's length below, so a rerun with the same config recognises the finished adapter
+    # (multi.ensure_adapter compares them); `steps` in the manifest holds the count trained.
+    requested = config
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_epochs)
     if config.max_steps < 0 and total_steps < config.min_steps:
         # The learning rate is tuned per update, and a voice needs a number of updates, not of
@@ -634,7 +638,7 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
 
     manifest = {
-        "config": config.to_dict(),
+        "config": requested.to_dict(),
         "backend": backend,
         "precision": precision,
         "model_path": path,

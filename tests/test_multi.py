@@ -325,6 +325,21 @@ def test_ensure_adapter_trains_once_then_reuses(tmp_path, adapters):
     assert not trained_on(tmp_path / "zen", "embedded")  # trained on tiny: not for SmolLM2
 
 
+def test_ensure_adapter_reuses_an_adapter_whose_length_min_steps_set(tmp_path, adapters):
+    """Two conversations make one update an epoch; min_steps=2 trains two. A rerun of the same
+    config must find that adapter finished, not train it again (lesson 6's Run all, second time)."""
+    from persona_lib.io import read_json
+    from persona_lib.train import TrainConfig
+
+    config = TrainConfig.smoke(max_steps=-1, num_epochs=1, min_steps=2, eval_steps=0, validation_fraction=0.0)
+    records = multi.training_records("zen_coder")[:2]
+    first = multi.ensure_adapter(tmp_path / "zen", config, records, progress=False)
+    assert first["trained"] and first["steps"] == 2
+    assert read_json(tmp_path / "zen" / "manifest.json")["config"]["max_steps"] == -1
+    again = multi.ensure_adapter(tmp_path / "zen", config, records, progress=False)
+    assert not again["trained"] and again["matches"] and again["folder"] == first["folder"]
+
+
 def test_ensure_adapter_never_passes_off_an_adapter_trained_another_way(tmp_path, adapters, capsys):
     """Lesson 4's adapter had fewer updates than lesson 6 asks (or other data): lesson 6 trains its
     own beside it, leaves lesson 4's untouched, and reuses its own next time; keep=True uses the
