@@ -16,6 +16,9 @@
 # an estimate (no T4 has run it yet), of which converting and quantizing 6 GB of weights on
 # the runtime's 2 vCPUs is about 6 minutes scaled from those measurements
 # (`bench/results/t4_estimate.json`), the rest the merge, the model download and the checks.
+# Add about 10 minutes, once per runtime, when no prebuilt llama-cpp-python wheel matches the
+# runtime: the install cell then builds llama.cpp from source and says so (276 s on the
+# project's 2-core box, `bench/results/llama_build.json`; Colab's figure is an estimate).
 # **Hardware:** any CPU, or Colab's free T4 (the merge runs on the GPU there; converting and
 # quantizing run on the CPU either way).
 #
