@@ -165,7 +165,8 @@ def main(argv=None) -> int:
         before = matmul_rates()
         t, wall = timed(lambda: multi.ensure_adapter(folder, train_config, records))
         after = matmul_rates()
-        if not t["trained"] and earlier.get(name, {}).get("folder") == str(t["folder"]):
+        if (not t["trained"] and earlier.get(name, {}).get("folder") == str(t["folder"])
+                and earlier[name].get("train_s") == t["train_s"]):  # the adapter those timings were taken of
             return {**earlier[name], "timed_in_earlier_run": True}
         manifest = read_json(Path(t["folder"]) / "manifest.json")
         return {**t, "wall_s": round(wall, 2), "tokens_per_second": manifest["throughput"]["tokens_per_second"],
@@ -193,7 +194,8 @@ def main(argv=None) -> int:
         "timed_in_earlier_run": [k for k, v in training.items() if v.get("timed_in_earlier_run")],
     }
     if report["training"]["timed_in_earlier_run"]:
-        report["earlier_run"] = {k: earlier["_run"][k] for k in ("command", "machine")}
+        report["earlier_run"] = earlier["_run"].get("earlier_run") or {k: earlier["_run"][k]
+                                                                       for k in ("command", "machine")}
     if not args.separate_only:
         conditioned_s = training[multi.CONDITIONED]["train_s"]
         report["training"].update({

@@ -14,11 +14,10 @@
 # running: TaskMaster 6, Codebeard's 120 updates 24, Zen Coder 5, the conditioned adapter's 240
 # updates 37, each with six validation passes (`python bench/bench_multi.py --train-only`,
 # `bench/results/multi_training.json`, an AMD EPYC with native bf16). A CPU without native bf16
-# trains in fp32: on an AMD EPYC without AVX-512 the three persona runs took **51 minutes**
-# (TaskMaster 10, Codebeard 33, Zen Coder 8; `python bench/bench_multi.py --train-only
-# --separate-only`, `multi_training_no_avx512.json`), 1.44 times as long; the conditioned
-# adapter was not timed there, so plan on about 1 hour 45 minutes for all four (an estimate at
-# that ratio). Start it and read on, or come back: adapters this lesson trained before are
+# trains in fp32: on an AMD EPYC without AVX-512 the four took **98 minutes** (TaskMaster 10,
+# Codebeard 33, Zen Coder 8, the conditioned adapter 46; `python bench/bench_multi.py
+# --train-only`, there in two parts, `--separate-only` first, `multi_training_no_avx512.json`),
+# 1.35 times as long. Start it and read on, or come back: adapters this lesson trained before are
 # reused, and an interrupted run picks up where it stopped. (Lesson 4's TaskMaster adapter stops
 # at fewer updates than this lesson asks, so TaskMaster trains here too, beside it.)
 # **Hardware:** Colab's free T4, or any CPU.
