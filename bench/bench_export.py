@@ -66,10 +66,9 @@ def main(argv=None) -> int:
     if args.adapter:
         adapter, training = Path(args.adapter), {"folder": args.adapter, "trained": False, "train_s": None}
     else:
-        folder = runs / "taskmaster" / "adapter"
-        training = multi.ensure_adapter(folder, train.preset(args.model),
+        training = multi.ensure_adapter(runs / "taskmaster" / "adapter", train.preset(args.model),
                                         multi.training_records("taskmaster"))
-        adapter = folder
+        adapter = Path(training["folder"])  # beside the asked-for folder when that holds another adapter
     if not adapters.trained_on(adapter, args.model):
         raise SystemExit(f"{adapter} was not trained on {args.model}; pass --model or another --adapter")
 

@@ -70,8 +70,8 @@ def main(argv=None) -> int:
     adapters, rows = {}, []
     for steps in args.steps:
         config = multi.MultiConfig(model=args.model, min_steps=steps).train_config()
-        folder = runs / f"{slug}-{steps}" / "adapter"
-        trained = multi.ensure_adapter(folder, config, records)
+        trained = multi.ensure_adapter(runs / f"{slug}-{steps}" / "adapter", config, records)
+        folder = Path(trained["folder"])  # beside the asked-for folder when that holds another adapter
         manifest = read_json(folder / "manifest.json")
         adapters[f"{slug}-{steps}"] = folder
         rows.append({"min_steps": steps, "steps": manifest["steps"], "epochs": round(manifest["epochs"], 2),

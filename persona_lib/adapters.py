@@ -24,6 +24,20 @@ class AdapterError(FileNotFoundError):
     """Not an adapter folder (or not a complete one); the message says how to get one."""
 
 
+# What loading an adapter folder reads: PEFT's weights and config, the tokenizer training saved
+# beside them, and the manifest (`base_model` reads the base from it). The lessons also keep notes
+# there (lesson 4's before/after replies and style check, the loss log and curve); rewriting those
+# does not change the adapter.
+LOADED_FILES = ("adapter_config.json", "adapter_model.*", "manifest.json", "tokenizer*", "special_tokens_map.json",
+                "added_tokens.json", "chat_template*", "vocab.json", "merges.txt")
+
+
+def identity(folder: str | os.PathLike) -> dict | None:
+    """io.identity of the files that make the adapter (LOADED_FILES): what export steps are keyed
+    on, so that a rerun of lesson 4's notes cell does not make lesson 7 merge and convert again."""
+    return io.identity(folder, include=LOADED_FILES)
+
+
 def _config(folder: Path) -> Path:
     config = folder / "adapter_config.json"
     if not config.is_file():

@@ -198,9 +198,13 @@ def adapter_fingerprint(adapter_dir: str | os.PathLike) -> str:
 class Generator:
     """Batched answers of one system under the config's decoding, cached on disk by everything that decides them."""
 
-    def __init__(self, model, tokenizer, spec: PersonaSpec, cache_dir: Path, fingerprint: str, config: EvalConfig):
+    def __init__(self, model, tokenizer, spec: PersonaSpec, cache_dir: Path, fingerprint: str, config: EvalConfig,
+                 base_fingerprint: str | None = None):
+        """`fingerprint` names the tuned model (base and adapter); `base_fingerprint` the base
+        with this tokenizer, for the base systems, whose replies then survive a retrained adapter."""
         self.model, self.tokenizer, self.spec = model, tokenizer, spec
         self.cache_dir, self.fingerprint, self.config = cache_dir, fingerprint, config
+        self.base_fingerprint = base_fingerprint or fingerprint
         self.prompt = system_prompt(spec)
         self.seconds = 0.0
         self.generated = 0
@@ -211,7 +215,8 @@ class Generator:
 
         sp = self.prompt if system.endswith("_prompted") else None
         decoding = self.config.decoding
-        key = _digest(self.fingerprint, system, sp, [list(c) for c in conversations], max_new_tokens,
+        model = self.base_fingerprint if system.startswith("base") else self.fingerprint
+        key = _digest(model, system, sp, [list(c) for c in conversations], max_new_tokens,
                       *([decoding.generate_kwargs()] if decoding != GREEDY else []))  # greedy keeps earlier caches
         path = self.cache_dir / f"{desc.split(':')[0]}-{system}-{key[:16]}.json"
         if path.is_file():
@@ -338,7 +343,12 @@ def evaluate(spec: PersonaSpec | str, base_id: str | None, adapter_dir: str | os
     from persona_lib.models import resolve
 
     fingerprint = _digest(resolve(base_id), adapter_fingerprint(adapter_dir))  # "tiny" and its path are one model
-    gen = Generator(model, tokenizer, spec, out / "cache", fingerprint, config)
+    # The base systems run with the adapter switched off: their replies depend on the base and the
+    # tokenizer saved beside the adapter (its chat template and special tokens), not on its weights.
+    base_fingerprint = _digest(resolve(base_id), str(getattr(model, "dtype", "")),
+                               getattr(model.config, "quantization_config", None), tokenizer.chat_template or "",
+                               tokenizer.eos_token or "", tokenizer.pad_token or "", "base")
+    gen = Generator(model, tokenizer, spec, out / "cache", fingerprint, config, base_fingerprint)
 
     # ---- generation: four systems on the held-out prompts, knowledge for base and tuned, drift
     conversations = [p["messages"] for p in prompts]

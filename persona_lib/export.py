@@ -368,12 +368,21 @@ def merge_adapter(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
 
 def pick_adapter(folder: str | os.PathLike, model_id: str, *, quick_dir: str | os.PathLike | None = None,
                  seed: int = 0) -> tuple[Path, bool]:
-    """(adapter folder, trained?): the adapter in `folder` when it was trained on `model_id`;
-    otherwise, given `quick_dir`, a quick random adapter made there (smoke runs); otherwise an
-    error saying which lesson trains it."""
+    """(adapter folder, trained?): the adapter in `folder` when it was trained on `model_id`, or
+    the newest one trained on it beside `folder` (`<folder>-<hash>`); otherwise, given
+    `quick_dir`, a quick random adapter made there (smoke runs); otherwise an error saying
+    which lesson trains it."""
     folder = Path(folder)
     if adapters.trained_on(folder, model_id):
         return folder, True
+    # Lesson 6 trains beside an adapter of another base (lesson 4 on a T4, lesson 6 on a CPU
+    # runtime) in `<folder>-<hash>`; the newest one for this base stands in.
+    beside = sorted((p for p in folder.parent.glob(f"{folder.name}-*")
+                     if (p / "manifest.json").is_file() and adapters.trained_on(p, model_id)),
+                    key=lambda p: (p / "manifest.json").stat().st_mtime)
+    if beside:
+        print(f"{folder} holds no adapter trained on {model_id}: using {beside[-1]}, trained beside it")
+        return beside[-1], True
     if quick_dir is None:
         raise ExportError(f"no adapter trained on {model_id} in {folder}: train it first (lesson 4, or "
                           "`persona run`), or point to another adapter folder")
@@ -398,7 +407,7 @@ def persona_loras(runs_root: str | os.PathLike, model_id: str, out_dir: str | os
             print(f"{slug:<18} left out: no adapter trained on {model_id} in {folder} (lesson 6 trains one)")
             continue
         loras[slug] = once(out_dir / f"{slug}.lora.gguf", lambda p: convert_lora(folder, p),
-                           inputs={"adapter": io.identity(folder)})
+                           inputs={"adapter": adapters.identity(folder)})
         print(f"{slug:<18} {size_of(loras[slug]) / 1e6:6.2f} MB from {'its trained' if trained else 'a QUICK RANDOM'} "
               f"adapter {folder}")
     return loras
@@ -518,7 +527,7 @@ def export(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, config: E
         return final
 
     merged = step("merge", out_dir / "merged", lambda p: merge_adapter(adapter_dir, p, dtype=config.merge_dtype),
-                  adapter=io.identity(adapter_dir), dtype=config.merge_dtype)
+                  adapter=adapters.identity(adapter_dir), dtype=config.merge_dtype)
     f16 = step("f16", out_dir / f"{slug}.f16.gguf", lambda p: convert_to_gguf(merged, p), merged=io.identity(merged))
     quantized = {q: step(q, out_dir / f"{slug}.{q}.gguf", lambda p, q=q: quantize_gguf(f16, p, q),
                          f16=io.identity(f16), quant=q) for q in config.quants}
@@ -527,7 +536,7 @@ def export(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, config: E
         base_f16 = step("base_f16", out_dir / "base.f16.gguf", lambda p: convert_to_gguf(base_dir, p),
                         base=io.identity(base_dir))
         lora = step("lora", out_dir / f"{slug}.lora.gguf", lambda p: convert_lora(adapter_dir, p, base_dir=base_dir),
-                    adapter=io.identity(adapter_dir), base=io.identity(base_dir))
+                    adapter=adapters.identity(adapter_dir), base=io.identity(base_dir))
     for name, path in [("f16", f16), *quantized.items()]:
         steps[name]["tensor_types"] = tensor_types(path)
 

@@ -66,6 +66,7 @@ from persona_lib.teacher import (
     plan,
     prompt_messages,
     reask_message,
+    spec_digest,
 )
 
 # --------------------------------------------------------------------------- prices
@@ -223,6 +224,70 @@ def ledger_path(output: str | os.PathLike) -> Path:
 def report_path(output: str | os.PathLike) -> Path:
     output = Path(output)
     return output.with_name(output.stem + ".report.json")
+
+
+def spec_path(output: str | os.PathLike) -> Path:
+    """The record of the spec `output`'s conversations were generated for."""
+    output = Path(output)
+    return output.with_name(output.stem + ".spec.json")
+
+
+def _personas_in(output: Path) -> list[str]:
+    """The persona of each complete record line of `output` (a line cut by a crash is skipped)."""
+    if not output.is_file():
+        return []
+    personas = []
+    for line in output.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            personas.append(str(record.get("persona")))
+    return personas
+
+
+def set_aside_if_the_spec_changed(spec: PersonaSpec, output: str | os.PathLike, *, record_spec: bool = True
+                                  ) -> Path | None:
+    """Conversations written for an earlier version of the persona must neither count toward
+    this version's `n` nor reach training unseen. When the spec recorded beside `output` for
+    this persona differs from `spec`, `output` and its ledger, report and spec record are
+    renamed to `<name>.before-<old digest>[-k].*` (kept, never overwritten: they were paid
+    for), and generation starts afresh; the spend cap then counts from zero. Returns the
+    set-aside output, else None. An output without a record for this persona (made before
+    records were kept) is taken as this spec's. `record_spec=False` (planning only) writes no
+    record for an output that does not exist yet."""
+    output = Path(output)
+    record, digest = spec_path(output), spec_digest(spec)
+    specs = io.read_json(record).get("specs", {}) if record.is_file() else {}
+    old = specs.get(spec.slug, {}).get("spec_sha256", digest)
+    files = [f for f in (output, ledger_path(output), report_path(output)) if f.is_file()]
+    moved = None
+    if old != digest and files:
+        personas = _personas_in(output)
+        if others := set(personas) - {spec.slug}:
+            raise ValueError(f"{spec.slug}'s spec changed since its conversations in {output} were generated, and "
+                             f"the file holds other personas' too ({', '.join(sorted(others))}): move {spec.slug}'s "
+                             "records out by hand, or give each persona a file of its own")
+        for f in (output, ledger_path(output)):
+            _repair_tail(f)
+        renamed = lambda f, tag: f.with_name(f"{output.stem}.{tag}{f.name[len(output.stem):]}")  # noqa: E731
+        tag = f"before-{old[:8]}"
+        k = 1
+        while any(renamed(f, tag).exists() for f in [*files, record]):
+            k += 1
+            tag = f"before-{old[:8]}-{k}"
+        for f in [*files, record]:
+            f.replace(renamed(f, tag))
+        moved = renamed(output, tag)
+        specs = {}
+        print(f"{spec.name}'s spec changed since {output.name} was written: its {len(personas)} conversations "
+              f"and ledger are kept as {output.stem}.{tag}.*, apart from training, and this run generates for the "
+              "spec as it is now")
+    if spec.slug not in specs or old != digest:
+        if record_spec or output.is_file():
+            io.write_json(record, {"specs": {**specs, spec.slug: {"spec_sha256": digest, "spec": asdict(spec)}}})
+    return moved
 
 
 def _repair_tail(path: Path) -> bool:
@@ -453,6 +518,7 @@ def run(spec: PersonaSpec, endpoint: Endpoint, output: str | os.PathLike, config
         raise ValueError(f"no price known for model {endpoint.model!r}, so the spend cap cannot be enforced: "
                          "pass GenerateConfig(price=(input_usd, output_usd) per 1M tokens) or spend_cap_usd=None")
     start = time.perf_counter()
+    set_aside_if_the_spec_changed(spec, output)
     gate = _Gate(spec, endpoint, config, output, against)
     for name in gate.repaired:
         print(f"{name}: cut a half-written last line left by a crash (its request will be asked again)")
@@ -576,6 +642,10 @@ def merge(shipped: Sequence[dict], generated: Sequence[dict], path: str | os.Pat
 # --------------------------------------------------------------------------- OpenAI Batch API files
 
 
+BATCH_SPEC_MARK = "@"  # a Batch API custom_id is "<item id>@<12 hex of the spec>": answers asked for
+# an earlier version of the persona are recognised when they come back, hours later
+
+
 def write_batch_file(spec: PersonaSpec, model: str, path: str | os.PathLike, config: GenerateConfig | None = None,
                      *, output: str | os.PathLike | None = None) -> Path:
     """The requests for the items still missing from `output`, as an OpenAI Batch API input file
@@ -591,11 +661,12 @@ def write_batch_file(spec: PersonaSpec, model: str, path: str | os.PathLike, con
     done: set[str] = set()
     have = 0
     if output is not None:
+        set_aside_if_the_spec_changed(spec, output, record_spec=False)
         records = _read_existing(Path(output), spec.slug)
         have = len(records)
         ledger = ledger_path(output)
         done = _done_ids(records, io.read_jsonl(ledger) if ledger.is_file() else [])
-    lines = []
+    lines, digest = [], spec_digest(spec)[:12]
     for i in range(config.item_limit):
         if len(lines) >= config.n - have:
             break
@@ -605,7 +676,8 @@ def write_batch_file(spec: PersonaSpec, model: str, path: str | os.PathLike, con
         body = {"model": model, "messages": prompt_messages(spec, item), "max_tokens": config.max_tokens,
                 "temperature": config.temperature, "seed": config.seed * 1_000_003 + item.index * 31,
                 "response_format": response_format(conversation_schema(item.turns), "json_schema")}
-        lines.append({"custom_id": item.id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+        lines.append({"custom_id": f"{item.id}{BATCH_SPEC_MARK}{digest}", "method": "POST",
+                      "url": "/v1/chat/completions", "body": body})
     return io.write_jsonl(path, lines)
 
 
@@ -623,12 +695,18 @@ def read_batch_output(spec: PersonaSpec, model: str, batch_output: str | os.Path
     price = price_for(endpoint, config.price)
     batch_config = replace(config, price=None if price is None
                            else (price[0] * BATCH_DISCOUNT, price[1] * BATCH_DISCOUNT))
+    set_aside_if_the_spec_changed(spec, output)  # a batch planned for an earlier spec matches no item now
     gate = _Gate(spec, endpoint, batch_config, output, against)
+    digest, other_spec = spec_digest(spec)[:12], 0
     try:
         for row in io.iter_jsonl(batch_output):
-            index = index_of(row["custom_id"])
+            custom_id, _, asked_for = row["custom_id"].partition(BATCH_SPEC_MARK)
+            if asked_for and asked_for != digest:
+                other_spec += 1
+                continue
+            index = index_of(custom_id)
             item = item_at(spec, index, config.seed, config.turn_weights) if index is not None else None
-            if item is None or item.id != row["custom_id"] or item.id in gate.done_ids:
+            if item is None or item.id != custom_id or item.id in gate.done_ids:
                 continue  # another plan's request, or one already booked
             gate.done_ids.add(item.id)
             response = row.get("response") or {}
@@ -649,6 +727,9 @@ def read_batch_output(spec: PersonaSpec, model: str, batch_output: str | os.Path
             gate.take(outcome)
     finally:
         gate.close()
+    if other_spec:
+        print(f"{other_spec} answers in {Path(batch_output).name} were asked for an earlier version of {spec.name}'s "
+              "spec: left out (write_batch_file plans a batch for the spec as it is now)")
     records = _read_existing(output, spec.slug)
     est = estimate(spec, config, endpoint, against=against, done=gate.accepted, batch=True)
     report = quality_report(spec, gate, records, est, batch_config, "", time.perf_counter() - start, 0)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -62,16 +63,19 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return list(iter_jsonl(path))
 
 
-def identity(path: str | os.PathLike) -> dict | None:
+def identity(path: str | os.PathLike, include: Sequence[str] = ("*",)) -> dict | None:
     """What a file or folder is, cheaply: each file's name, size and modification time (no
-    hashing: a merged 3B model is 6 GB). None when it does not exist."""
+    hashing: a merged 3B model is 6 GB). In a folder, only the files whose path inside it
+    matches one of the `include` patterns count. None when it does not exist."""
     path = Path(path)
     if path.is_file():
         stat = path.stat()
         return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file()
+                 and any(fnmatch.fnmatch(p.relative_to(path).as_posix(), pattern) for pattern in include)]
         return {"path": str(path.resolve()), "files": sorted(
-            (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file())}
+            (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)}
     return None
 
 

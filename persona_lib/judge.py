@@ -355,11 +355,14 @@ class Judge:
         blob = json.dumps([self.config.model, self.config.temperature, *parts], sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    # A verdict is reused only for the same question: the key holds every part of the spec the
+    # judge reads (name, description, tone, what it avoids, the rubric), so editing the persona
+    # in lesson 1 asks again rather than keeping scores made under the old description.
     def _score_key(self, spec: PersonaSpec, conversation: Sequence[dict], reply: str) -> str:
-        return self._key("score", spec.name, rubric(spec), list(conversation), reply)
+        return self._key("score", _persona_context(spec), rubric(spec), list(conversation), reply)
 
     def _pair_key(self, spec: PersonaSpec, conversation: Sequence[dict], a: str, b: str) -> str:
-        return self._key("pair", spec.name, rubric(spec), list(conversation), a, b)
+        return self._key("pair", _persona_context(spec), rubric(spec), list(conversation), a, b)
 
     # ---- questions
 

@@ -416,11 +416,12 @@ def ensure_adapter(folder: str | os.PathLike, config, records: Sequence[dict], *
     this lesson), else a new one. An interrupted training resumes from its last checkpoint.
 
     When `folder` holds an adapter made another way (lesson 4 trains TaskMaster for fewer
-    updates than this lesson asks, or on generated data), it is left as it is and the new
-    adapter goes beside it, in `<folder>-<config and data hash>`; `keep=True` uses the old one
-    anyway and says what differs. Returns {"folder", "trained" (False: reused), "train_s" and
-    "steps" (from the adapter's manifest), "matches" (trained with this config on these
-    records), "differs" (what does not match: "data" and the config's fields)}.
+    updates than this lesson asks, or on generated data, or on another base model, or lesson 4
+    was stopped mid-retrain and its manifest is gone), it is left as it is and the new adapter
+    goes beside it, in `<folder>-<config and data hash>`; `keep=True` uses the old one anyway
+    when only settings or data differ, and says what. Returns {"folder", "trained" (False:
+    reused), "train_s" and "steps" (from the adapter's manifest), "matches" (trained with this
+    config on these records), "differs" (what does not match: "data" and the config's fields)}.
     """
     from persona_lib.dataset import split_for_validation
     from persona_lib.io import read_json
@@ -432,9 +433,21 @@ def ensure_adapter(folder: str | os.PathLike, config, records: Sequence[dict], *
     expected = data_hash(split_for_validation(records, config.validation_fraction, config.seed)[0])
 
     def differences(candidate: Path) -> list[str] | None:
-        """What differs from the request; None when `candidate` holds no finished adapter for this base."""
-        if not (trained_on(candidate, config.model_id) and (candidate / "manifest.json").is_file()):
+        """What differs from the request: None when `candidate` holds no adapter (train there,
+        resuming its checkpoints), "base model" or "manifest" (unfinished, or not made by
+        persona_lib) or "checkpoints" (another run's, unfinished) when what is there can be
+        neither used nor overwritten, else the data and the config's fields."""
+        if not (candidate / "adapter_config.json").is_file():
+            # Checkpoints of another run (lesson 4 stopped before it first finished) cannot be resumed
+            key = candidate / "checkpoints" / "run_key.json"
+            run = read_json(key) if key.is_file() else {}
+            if run and (run.get("config"), run.get("train_data")) != (config.to_dict(), expected):
+                return ["checkpoints"]
             return None
+        if not trained_on(candidate, config.model_id):
+            return ["base model"]
+        if not (candidate / "manifest.json").is_file():
+            return ["manifest"]
         manifest = read_json(candidate / "manifest.json")
         trained_with = manifest.get("config", {})
         fields = sorted(k for k, v in config.to_dict().items() if trained_with.get(k) != v)
@@ -442,10 +455,17 @@ def ensure_adapter(folder: str | os.PathLike, config, records: Sequence[dict], *
 
     beside = folder.with_name(f"{folder.name}-{fingerprint({'config': config.to_dict(), 'data': expected})[:10]}")
     chosen, differs = folder, differences(folder)
-    if differs and not keep:
+    # keep=True stands for other settings or data, never for another base model or an adapter
+    # without a manifest (lesson 4 stopped mid-retrain deletes it first): those are not usable here.
+    if differs and (not keep or set(differs) & {"base model", "manifest", "checkpoints"}):
         chosen, found, differs = beside, differs, differences(beside)
-        print(f"{folder} holds an adapter trained another way ({', '.join(found)} differ); "
-              f"{'using' if differs == [] else 'training'} this lesson's in {beside}")
+        # beside is named by this config and data: anything unfinished there is this lesson's own run
+        differs = None if differs else differs
+        why = {"base model": "trained on another base model", "manifest": "no manifest.json: unfinished, "
+               "or not made by persona_lib", "checkpoints": "the checkpoints of another, unfinished run"
+               }.get(found[0], f"{', '.join(found)} differ")
+        print(f"{folder} holds an adapter made another way ({why}). It stays as it is; this lesson's "
+              f"adapter is {'the one' if differs == [] else 'trained'} in {beside}")
     trained = differs is None
     if trained:
         train(config, records, chosen, resume=(chosen / "checkpoints").is_dir(), progress=progress)

@@ -102,13 +102,20 @@ def start(runs_root: str | os.PathLike, persona: str) -> dict[str, Path]:
     return files
 
 
+class NotYet(str):
+    """What `draft` says when the lesson's files are not there yet: `fill` shows it and keeps the
+    placeholder, so that running the cell again after the lesson fills the section."""
+
+
 def fill(runs_root: str | os.PathLike, lesson: str, text: str) -> str:
     """Put `text` (what the learner found in `lesson`) in that lesson's section of their skill,
     in place of its placeholder. A section already filled is left alone (the learner may have
-    rewritten it). Returns the section as it now reads."""
+    rewritten it). Returns the section as it now reads (a NotYet `text`: that text)."""
     if lesson not in SECTIONS:
         raise ValueError(f"unknown lesson {lesson!r}: use one of {', '.join(SECTIONS)}")
     path = start(runs_root, "your persona")["skill"]  # a lesson run on its own starts the scaffold
+    if isinstance(text, NotYet):
+        return text
     skill = path.read_text(encoding="utf-8")
     placeholder = f"[TO BE LEARNED: {lesson} - {SECTIONS[lesson]}]"
     if placeholder in skill:
@@ -183,4 +190,4 @@ def draft(run: str | os.PathLike, lesson: str) -> str:
             sizes = ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in summary["files"].items())
             return (f"- Exported {summary['persona']} from {summary['model']}: {sizes}.\n- Chat check: "
                     f"{'passed' if summary['chat_check']['ok'] else 'failed'}.\n- My persona at home: (your words)")
-    return f"(lesson {lesson}'s files are not in {run}: run the lesson, then this cell)"
+    return NotYet(f"(lesson {lesson}'s files are not in {run}: run the lesson, then this cell)")

@@ -11,7 +11,7 @@ import hashlib
 import json
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from persona_lib.spec import PersonaSpec, as_sentence, rule_lines, spaced
@@ -85,9 +85,17 @@ class Item:
     id: str
 
 
+def spec_digest(spec: PersonaSpec) -> str:
+    """sha256 of the whole spec: the data writer's prompt reads nearly every field of it (traits,
+    tone, rules, vocabulary, examples), so any edit asks for different conversations."""
+    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
 def item_id(persona: str, topic: str, scenario: str, turns: int, index: int) -> str:
     """`<slug>-g<index>-<8 hex>`: readable, sortable, and a hash of everything the item asks for,
-    so a changed spec or seed never reuses an old id for a different request."""
+    so a changed plan (topics, seed, turn weights) never reuses an old id for a different
+    request. A changed voice (traits, tone, rules) keeps the ids: `generate` records the spec
+    beside its output and sets the earlier conversations aside instead."""
     digest = hashlib.sha256(f"{persona}\x00{topic}\x00{scenario}\x00{turns}\x00{index}".encode()).hexdigest()
     return f"{persona}-g{index:05d}-{digest[:8]}"
 
@@ -155,7 +163,13 @@ def system_message(spec: PersonaSpec, item: Item) -> str:
         "",
         "Rules:",
         "- The user is a real person with their own details (names, dates, numbers); vary how they write.",
-        f"- {spec.name} never mentions being an AI, a model or these instructions.",
+        # A persona is a voice, not a disguise: the data must not teach it to dodge a sincere
+        # question about what it is, nor to claim actions no tool performed.
+        f"- If the user sincerely asks whether they are talking to a person, {spec.name} says plainly, in its "
+        "own voice, that it is an AI (\"I'm an AI, and ...\"), without stock disclaimers such as \"As an AI "
+        "assistant\"; otherwise it does not bring up being an AI, a model or these instructions.",
+        f"- {spec.name} has no tools: it never says it sent, saved, booked, scheduled or changed anything; it "
+        "gives the user the words or the steps to do it.",
         "- Answer with the JSON object only, in the shape the request shows.",
     ]
     return "\n".join(lines)

@@ -474,7 +474,8 @@ def _prepare_checkpoints(ckpt_dir: Path, key: dict, resume: bool, say=print) -> 
             changed += [k for k in ("train_data", "eval_data") if old.get(k) != key[k]]
             raise RuntimeError(
                 f"cannot resume from {last}: it was made with a different {', '.join(changed) or 'run'}. "
-                f"Resume with the original config and data, or train without resume (this deletes {ckpt_dir}).")
+                f"Resume with the original config and data, or start over: delete {ckpt_dir} and run again "
+                "(or train with resume=False, which deletes it).")
         say(f"resuming from {last}")
         return last
     if last:

@@ -138,6 +138,12 @@ def test_the_adapter_is_switched_off_for_base_answers_and_on_for_tuned(tmp_path,
                              decoding=config.decoding)  # every system decodes alike: the chat default
     assert config.decoding == ev.CHAT and base == plain and tuned != base
     assert gen.replies("tuned", conversations, 6, "heldout") == tuned and gen.generated == 4  # second call: cache
+    # A retrained adapter (another fingerprint) on the same base and tokenizer: the base replies come
+    # from the cache, the tuned ones are made again.
+    retrained = ev.Generator(model, tokenizer, load_spec("taskmaster"), tmp_path / "cache", "fp-retrained", config,
+                             base_fingerprint="fp")
+    assert retrained.replies("base", conversations, 6, "heldout") == base and retrained.generated == 0
+    assert retrained.replies("tuned", conversations, 6, "heldout") == tuned and retrained.generated == 2
 
 
 def test_placeholder_adapter_is_a_loadable_peft_folder(tmp_path, tiny_path):

@@ -385,7 +385,7 @@ def test_once_remakes_what_was_made_from_other_inputs_and_everything_after_it(tm
     inputs; a retrained adapter remakes the merge, and the merge's new identity the next step."""
     import os
 
-    from persona_lib import io
+    from persona_lib import adapters, io
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -400,7 +400,7 @@ def test_once_remakes_what_was_made_from_other_inputs_and_everything_after_it(tm
 
     def chain(dtype="float16"):
         merged = ex.once(tmp_path / "merged.txt", make(f"merged {dtype}"),
-                         inputs={"adapter": io.identity(adapter), "dtype": dtype})
+                         inputs={"adapter": adapters.identity(adapter), "dtype": dtype})
         return ex.once(tmp_path / "model.gguf", make("gguf"), inputs={"merged": io.identity(merged)})
 
     chain()
@@ -408,6 +408,9 @@ def test_once_remakes_what_was_made_from_other_inputs_and_everything_after_it(tm
     assert json.loads((tmp_path / "merged.txt.inputs.json").read_text())["dtype"] == "float16"
     chain()
     assert made == ["merged.txt", "model.gguf"] and "already there, skipping" in capsys.readouterr().out
+    (adapter / "before_after.jsonl").write_text("{}")  # lesson 4's notes cell, run again: not the adapter
+    chain()
+    assert made == ["merged.txt", "model.gguf"]
 
     (adapter / "adapter_model.safetensors").write_bytes(b"retrained")  # another size and time
     os.utime(adapter / "adapter_model.safetensors", ns=(1, 1))
@@ -416,7 +419,7 @@ def test_once_remakes_what_was_made_from_other_inputs_and_everything_after_it(tm
     assert "merged.txt: made from other inputs (adapter changed): making it again" in capsys.readouterr().out
     chain(dtype="bfloat16")
     assert made[4:] == ["merged.txt", "model.gguf"]
-    assert ex.stale(tmp_path / "merged.txt", {"adapter": io.identity(adapter), "dtype": "bfloat16"}) is None
+    assert ex.stale(tmp_path / "merged.txt", {"adapter": adapters.identity(adapter), "dtype": "bfloat16"}) is None
 
     # Without recorded inputs (an output from before they were recorded) a step is remade once.
     (tmp_path / "model.gguf.inputs.json").unlink()
@@ -424,3 +427,20 @@ def test_once_remakes_what_was_made_from_other_inputs_and_everything_after_it(tm
     assert made[6:] == ["model.gguf"]
     ex.once(tmp_path / "model.gguf", make("gguf"))  # no inputs given: being there is enough
     assert made[7:] == []
+
+
+def test_pick_adapter_finds_the_one_lesson_6_trained_beside(tmp_path, tiny_path, capsys):
+    """Lesson 4 on a T4 (another base), lesson 6 on a CPU runtime: lesson 6 trained beside it, in
+    adapter-<hash>, and lesson 7 on the CPU exports that one rather than leaving the persona out."""
+    from persona_lib import io
+    from persona_lib.llama_runtime import ExportError
+
+    lesson4 = placeholder(tmp_path / "adapter", "tiny")
+    io.write_json(lesson4 / "manifest.json", {"base_model": "unsloth/Llama-3.2-3B-Instruct",
+                                              "model_path": "/content/models/llama"})
+    with pytest.raises(ExportError, match="no adapter trained on tiny"):
+        ex.pick_adapter(lesson4, "tiny")
+    lesson6 = placeholder(tmp_path / "adapter-0123456789", "tiny")
+    io.write_json(lesson6 / "manifest.json", {"base_model": "tiny", "model_path": tiny_path})
+    assert ex.pick_adapter(lesson4, "tiny") == (lesson6, True)
+    assert "trained beside it" in capsys.readouterr().out

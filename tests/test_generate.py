@@ -249,10 +249,15 @@ def test_spend_cap_stops_cleanly_and_holds_across_reruns(spec, serve, tmp_path):
     result = generate.run(spec, endpoint, out, config)
     assert result.report["stopped"].startswith("spend cap") and 0 < result.accepted < 20
     assert result.report["cost_usd"] <= 3.0
+    # A rerun spends only what is left under the cap (the estimate per example decides whether one
+    # more fits); once nothing fits, a rerun sends no request at all.
+    again = generate.run(spec, endpoint, out, config)
+    assert again.report["stopped"].startswith("spend cap") and again.report["cost_usd"] <= 3.0
     server.settle()
     requests = server.stats()["requests"]
-    again = generate.run(spec, endpoint, out, config)
-    assert server.stats()["requests"] == requests and again.report["stopped"].startswith("spend cap")
+    third = generate.run(spec, endpoint, out, config)
+    assert server.stats()["requests"] == requests and third.report["stopped"].startswith("spend cap")
+    assert third.report["cost_usd"] == again.report["cost_usd"]
     generate.run(spec, endpoint, out, fast_config(n=20, spend_cap_usd=1.0))  # a server on this machine: free
     remote = llm.Endpoint.compatible("http://teacher.example/v1", "fake")  # refused before any request
     with pytest.raises(ValueError, match="no price known"):
@@ -289,6 +294,55 @@ def test_batch_files_round_trip_through_the_gate(spec, tmp_path):
     assert generate.read_batch_output(spec, "gpt-4o-mini", batch_out, out, config).report["accepted_this_run"] == 0
     follow_up = lines(generate.write_batch_file(spec, "gpt-4o-mini", tmp_path / "batch2.jsonl", config, output=out))
     assert [r["custom_id"] for r in follow_up][:1] == [requests[5]["custom_id"]] and len(follow_up) == 4
+
+
+def test_an_edited_persona_sets_earlier_conversations_aside(spec, serve, tmp_path, capsys):
+    """Lesson 3 run, the tone edited in lesson 1, lesson 3 run again: the earlier conversations
+    no longer count toward n nor reach merged.jsonl; they are kept apart, never overwritten,
+    through edits back and forth."""
+    from dataclasses import replace
+
+    server, url = serve(fault_rate=0.0)
+    endpoint = llm.Endpoint.compatible(url, "fake")
+    out = tmp_path / "generated.jsonl"
+    first = generate.run(spec, endpoint, out, fast_config(n=3))
+    assert first.accepted == 3 and generate.spec_path(out).is_file()
+    assert generate.run(spec, endpoint, out, fast_config(n=3)).report["accepted_this_run"] == 0  # same spec: resumed
+    capsys.readouterr()
+    edited = replace(spec, tone=spec.tone + " Short sentences, always.")
+    again = generate.run(edited, endpoint, out, fast_config(n=3))
+    assert again.report["accepted_this_run"] == 3 and again.records != first.records
+    kept = sorted(p.name for p in tmp_path.glob("generated.before-*"))
+    tag = kept[0].split(".")[1]
+    assert kept == [f"generated.{tag}.{rest}" for rest in ("jsonl", "ledger.jsonl", "report.json", "spec.json")]
+    assert lines(tmp_path / f"generated.{tag}.jsonl") == first.records
+    assert "spec changed since generated.jsonl was written: its 3 conversations" in capsys.readouterr().out
+    written_for = json.loads(generate.spec_path(out).read_text())["specs"]["taskmaster"]
+    assert written_for["spec"]["tone"] == edited.tone
+    # Back to the first spec, then the edit again: each earlier file is set aside under a new name.
+    for version in (spec, edited):
+        generate.run(version, endpoint, out, fast_config(n=3))
+    assert len(list(tmp_path.glob("generated.before-*.ledger.jsonl"))) == 3
+    assert lines(tmp_path / f"generated.{tag}.jsonl") == first.records  # the first set-aside, untouched
+    # A batch planned for one version of the spec is not booked under another.
+    batch_in = generate.write_batch_file(spec, "gpt-4o-mini", tmp_path / "batch.jsonl", fast_config(n=1))
+    request = lines(batch_in)[0]
+    row = {"custom_id": request["custom_id"], "error": None,
+           "response": {"status_code": 200, "body": completion(request["body"], good_content(request["body"]))}}
+    (tmp_path / "batch_out.jsonl").write_text(json.dumps(row) + "\n")
+    capsys.readouterr()
+    late = generate.read_batch_output(edited, "gpt-4o-mini", tmp_path / "batch_out.jsonl", out, fast_config(n=4))
+    assert late.report["accepted_this_run"] == 0 and "1 answers in batch_out.jsonl were asked for an earlier" \
+        in capsys.readouterr().out
+
+
+def test_the_data_writer_is_told_the_persona_is_honest_about_itself(spec):
+    """A persona is a voice, not a disguise: the generated conversations must not teach it to deny
+    being an AI when asked sincerely, nor to claim actions no tool performed."""
+    system = teacher.system_message(spec, teacher.item_at(spec, 0))
+    assert "sincerely asks whether they are talking to a person" in system and "that it is an AI" in system
+    assert "never says it sent, saved, booked" in system
+    assert "never mentions being an AI" not in system
 
 
 # --------------------------------------------------------------------------- the real llama.cpp server

@@ -230,6 +230,23 @@ def test_a_rerun_with_the_cache_resumes_without_new_requests(spec, tmp_path):
     assert second == first and again.usage()["cached"] == 2 and again.usage()["requests"] == 0
 
 
+def test_a_persona_edited_since_is_judged_again(spec, tmp_path):
+    """The judge reads the persona's description, tone and what it avoids: after an edit in
+    lesson 1, the cached verdicts made under the old text are not reused."""
+    from dataclasses import replace
+
+    cache = tmp_path / "judgments.jsonl"
+    items = [(CONV, "a")]
+    with ObeysOutsideFence() as server:
+        Judge(JudgeConfig(model="scripted"), base_url=server.base_url, cache=cache).score_many(
+            spec, items, progress=False)
+        for edited in (replace(spec, tone=spec.tone + " Dry humour."), replace(spec, avoid=[*spec.avoid, "emoji"]),
+                       replace(spec, description="a calm study coach")):
+            again = Judge(JudgeConfig(model="scripted"), base_url=server.base_url, cache=cache)
+            again.score_many(edited, items, progress=False)
+            assert again.usage()["cached"] == 0 and again.usage()["requests"] == 1
+
+
 def test_answers_paid_for_before_a_failure_are_kept(spec, tmp_path):
     """Each answer is appended to the cache as it arrives: when the batch dies half-way (here the
     budget runs out on the third reply), a rerun does not pay for the first two again."""

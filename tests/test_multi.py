@@ -365,6 +365,37 @@ def test_ensure_adapter_never_passes_off_an_adapter_trained_another_way(tmp_path
     assert "trained with other data" in capsys.readouterr().out
 
 
+def test_ensure_adapter_never_trains_over_an_adapter_it_cannot_use(tmp_path, adapters, capsys):
+    """Lesson 4's adapter on another base model (a T4 run, then lesson 6 on a CPU runtime), or
+    without its manifest (lesson 4 stopped mid-retrain deletes it first): lesson 6 trains beside
+    it and leaves its files as they are, even with keep=True."""
+    from persona_lib.io import read_json, write_json
+    from persona_lib.train import TrainConfig
+
+    config = TrainConfig.smoke(max_steps=1, eval_steps=0)
+    records = multi.training_records("zen_coder")[:2]
+    multi.ensure_adapter(tmp_path / "zen", config, records, progress=False)
+    manifest = tmp_path / "zen" / "manifest.json"
+    write_json(manifest, {**read_json(manifest), "base_model": "unsloth/Llama-3.2-3B-Instruct",
+                          "model_path": "/content/models/llama"})
+    before = (tmp_path / "zen" / "adapter_model.safetensors").read_bytes()
+    capsys.readouterr()
+    other_base = multi.ensure_adapter(tmp_path / "zen", config, records, keep=True, progress=False)
+    assert other_base["trained"] and other_base["folder"] != str(tmp_path / "zen")
+    assert "another base model" in capsys.readouterr().out
+    manifest.unlink()
+    unfinished = multi.ensure_adapter(tmp_path / "zen", config, records, keep=True, progress=False)
+    assert not unfinished["trained"] and unfinished["folder"] == other_base["folder"]
+    assert "no manifest.json" in capsys.readouterr().out
+    assert (tmp_path / "zen" / "adapter_model.safetensors").read_bytes() == before
+    # Lesson 4 stopped before its first run finished: only its checkpoints, of another config.
+    stopped = tmp_path / "stopped"
+    write_json(stopped / "checkpoints" / "run_key.json", {"config": {"lora_r": 4}, "train_data": "x"})
+    beside = multi.ensure_adapter(stopped, config, records, progress=False)
+    assert beside["trained"] and beside["folder"] != str(stopped)
+    assert (stopped / "checkpoints" / "run_key.json").is_file() and "another, unfinished run" in capsys.readouterr().out
+
+
 def test_multi_config_checks_its_fields():
     with pytest.raises(ValueError) as err:
         multi.MultiConfig(personas=("taskmaster",), blend_pair=("taskmaster", "nobody"), prompts_per_persona=0,

@@ -32,6 +32,9 @@ def test_fill_puts_the_lessons_findings_in_place_and_never_overwrites(tmp_path):
 def test_drafts_come_from_the_lessons_files(tmp_path):
     run = tmp_path / "taskmaster"
     assert "not in" in skillfirst.draft(run, "L04")
+    # The skill cell run before the lesson's files exist: the placeholder stays for the real draft.
+    assert "not in" in skillfirst.fill(tmp_path, "L04", skillfirst.draft(run, "L04"))
+    assert not skillfirst.progress(tmp_path)["L04"]
     io.write_json(run / "adapter" / "manifest.json", {
         "backend": "transformers", "precision": "bf16", "steps": 44, "metrics": {"eval_loss": 3.1},
         "config": {"model_id": "embedded", "lora_r": 16, "lora_alpha": 16, "learning_rate": 0.001, "num_epochs": 2.0}})

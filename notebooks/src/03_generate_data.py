@@ -18,9 +18,10 @@
 # all took 18 s that way on a 2-core CPU (`bench/results/lessons_cpu.json`).
 #
 # **What it leaves behind** in `runs/taskmaster/data/`: `generated.jsonl` (the accepted
-# conversations; `generated-local.jsonl` without a key) with its ledger and
-# `generated.report.json` (the quality report), `merged.jsonl` (the conversations lesson 4
-# adds to lesson 2's training split) and `batch_input.jsonl` (a Batch API file for large runs).
+# conversations; `generated-local.jsonl` without a key) with its ledger, the spec it was
+# written for (`generated.spec.json`) and `generated.report.json` (the quality report),
+# `merged.jsonl` (the conversations lesson 4 adds to lesson 2's training split) and
+# `batch_input.jsonl` (a Batch API file for large runs).
 
 # %% install smollm2 judge
 
@@ -107,7 +108,11 @@ print("OpenAI dialect:", llm.response_format(schema, "json_schema")["type"],
 # Requests run eight at a time, with retries and backoff on rate limits and server errors.
 #
 # The estimate comes first, from a dated price table; the spend cap stops the run cleanly.
-# **Interrupt it whenever you like:** running the cell again resumes where it stopped.
+# **Interrupt it whenever you like:** running the cell again resumes where it stopped. Edit
+# the persona in lesson 1 afterwards, and the next run notices (`generated.spec.json` records
+# the spec the file was written for): the earlier conversations move to
+# `generated.before-<digest>.jsonl`, kept but no longer trained on, and this one generates for
+# the persona as it is now.
 
 # %%
 key = llm.openai_api_key()

@@ -97,7 +97,7 @@ print(f"its base model: {adapters.base_model(adapter)}")
 
 # %%
 merged = export.once(out / "merged", lambda p: export.merge_adapter(adapter, p, dtype=config.merge_dtype),
-                     inputs={"adapter": io.identity(adapter), "dtype": config.merge_dtype})
+                     inputs={"adapter": adapters.identity(adapter), "dtype": config.merge_dtype})
 print(f"{merged}: {export.param_count(merged):,} parameters, {export.size_of(merged) / 1e6:.1f} MB")
 
 # %% [markdown]

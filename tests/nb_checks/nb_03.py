@@ -29,6 +29,10 @@ def check(run: Path) -> None:
         assert teacher.index_of(record["id"]) is not None
         assert record["source"].startswith("llamacpp:") and record["messages"][0]["role"] == "user"
     assert (data / "generation_report.png").stat().st_size > 10_000
+    # The spec the records were written for, so that a run after an edit in lesson 1 sets them aside.
+    written_for = json.loads(generate.spec_path(generated).read_text())["specs"]["taskmaster"]
+    assert written_for["spec_sha256"] == teacher.spec_digest(load_spec("taskmaster"))
+    assert not generate.spec_path(data / "generated.jsonl").exists()  # planning a batch writes no record
 
     # Without a key the training set is the shipped data alone, validated.
     merged = dataset.load_records(data / "merged.jsonl", persona="taskmaster")
@@ -39,7 +43,8 @@ def check(run: Path) -> None:
     # items of the plan, whatever the local model answered.
     plan = generate.GenerateConfig()
     first = [teacher.item_at(load_spec("taskmaster"), i, plan.seed, plan.turn_weights).id for i in range(20)]
-    assert [row["custom_id"] for row in batch] == first
+    digest = teacher.spec_digest(load_spec("taskmaster"))[:12]
+    assert [row["custom_id"] for row in batch] == [f"{item}@{digest}" for item in first]
     assert all(row["body"]["response_format"]["type"] == "json_schema" for row in batch)
 
 
