@@ -461,6 +461,11 @@ def chapter_spec(persona: str, runs_root: str | os.PathLike, *, quiet: bool = Fa
     if not quiet:
         print(f"persona spec: {saved if saved.is_file() else _spec_path(persona)} "
               f"({'yours, saved in lesson 1' if saved.is_file() else 'not edited in lesson 1: the original'})")
+        if saved.is_file() and not _is_slug(persona) and load_spec(persona) != spec:
+            # The saved copy is the one the form edits, so it wins; a file brought in later would
+            # otherwise be ignored without a word.
+            print(f"note: {persona} differs from that saved spec, which is the one used. To start from "
+                  f"{Path(persona).name} instead, delete {saved} and run lesson 1 again.")
     return spec, run_dir(spec.slug, root)
 
 

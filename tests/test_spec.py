@@ -418,3 +418,14 @@ def test_every_lesson_reads_the_learners_saved_spec(tmp_path, capsys):
     assert "coach_quill/spec/spec.yaml (yours, saved in lesson 1)" in capsys.readouterr().out
     assert chapter_spec("coach_quill", tmp_path)[0] == spec  # by slug, too
     assert chapter_spec("zen_coder", tmp_path)[0] == load_spec("zen_coder")
+    # A YAML file of the same persona brought in after lesson 1 saved it: the saved copy wins, and says so.
+    from persona_lib.spec import save_spec
+
+    brought = tmp_path / "quill.yaml"
+    save_spec(spec, brought)
+    capsys.readouterr()
+    assert chapter_spec(str(brought), tmp_path)[0] == spec and "differs" not in capsys.readouterr().out
+    spec.tone = spec.tone + " Brisk."
+    save_spec(spec, brought)
+    assert chapter_spec(str(brought), tmp_path)[0] == later
+    assert "quill.yaml differs from that saved spec" in capsys.readouterr().out
