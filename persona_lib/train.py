@@ -406,6 +406,7 @@ class TrainResult:
     manifest: dict
     model: Any = field(default=None, repr=False)  # the trained PEFT model, ready to generate
     tokenizer: Any = field(default=None, repr=False)
+    reused: bool = False  # True: train(reuse=True) loaded an earlier run's adapter instead of training
 
     @property
     def train_loss(self) -> float | None:
@@ -487,6 +488,20 @@ def _prepare_checkpoints(ckpt_dir: Path, key: dict, resume: bool, say=print) -> 
     return None
 
 
+def finished_run(output_dir: str | os.PathLike, key: dict) -> dict | None:
+    """The manifest of the adapter in `output_dir` when its run finished with exactly the config
+    and data of `key` (`_run_key`), else None. The manifest is written last and removed when a
+    run starts, so an adapter without one is unfinished."""
+    output_dir = Path(output_dir)
+    if not all((output_dir / name).is_file() for name in ("manifest.json", "adapter_config.json")):
+        return None
+    manifest = io.read_json(output_dir / "manifest.json")
+    data = manifest.get("data", {})
+    found = {"config": manifest.get("config"), "train_data": data.get("train_sha256"),
+             "eval_data": data.get("eval_sha256")}
+    return manifest if found == key else None
+
+
 def _tokens_at_checkpoint(checkpoint: str | None) -> int:
     """Tokens already counted by the run a resume continues (its saved trainer state)."""
     if checkpoint is None:
@@ -523,15 +538,17 @@ def _final_losses(history: list[dict]) -> dict:
 
 
 def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.PathLike, *,
-          eval_records: Sequence[dict] | None = None, resume: bool = False, progress: bool = True,
-          callbacks: Sequence = ()) -> TrainResult:
+          eval_records: Sequence[dict] | None = None, resume: bool = False, reuse: bool = False,
+          progress: bool = True, callbacks: Sequence = ()) -> TrainResult:
     """Fine-tune `config.model_id` with LoRA on `records` (ChatML conversations) into `output_dir`.
 
     `eval_records` is the validation set; without it, `config.validation_fraction` of `records`
     is held out. `resume=True` continues from the last checkpoint in `output_dir/checkpoints`
-    (same config and data required). `callbacks` are transformers `TrainerCallback`s added after
-    the loss log and progress bar (a timer, a memory trace). Returns the manifest, and the
-    trained model in memory.
+    (same config and data required). `reuse=True` loads the adapter already in `output_dir`
+    instead when its run finished with this config and data (a notebook's Run all done twice);
+    the result then has `reused=True` and that run's manifest. `callbacks` are transformers
+    `TrainerCallback`s added after the loss log and progress bar (a timer, a memory trace).
+    Returns the manifest, and the trained model in memory.
     """
     import torch
 
@@ -559,6 +576,14 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
     if not train_records:
         raise ValueError("no training records: pass at least one conversation")
     key = _run_key(config, data_hash(train_records), data_hash(eval_records))
+    if reuse and processes == 1 and (manifest := finished_run(output_dir, key)):
+        from persona_lib import adapters
+
+        print(f"{output_dir} already holds the adapter of this configuration, trained on these conversations "
+              f"({manifest['steps']} steps in {manifest['timings']['train_s']:.0f} s): loading it instead of "
+              "training again. Change a setting or the data, or delete the folder, to train anew.")
+        model, tokenizer = adapters.load(output_dir, config.model_id)
+        return TrainResult(output_dir=output_dir, manifest=manifest, model=model, tokenizer=tokenizer, reused=True)
     if processes > 1:
         from accelerate import PartialState
 

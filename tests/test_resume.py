@@ -103,3 +103,35 @@ def test_resuming_with_another_config_is_refused(tmp_path, tiny_path):
     assert not (ckpt / "checkpoint-4").exists()
     assert _prepare_checkpoints(ckpt, key, resume=True).endswith("checkpoint-2")
     assert _prepare_checkpoints(ckpt, key, resume=False) is None and not (ckpt / "checkpoint-2").exists()
+
+
+def test_a_finished_run_is_loaded_again_only_with_the_same_config_and_data(tmp_path, tiny_path):
+    """Run all twice in lesson 4: `reuse=True` loads the finished adapter (same config, same
+    training and validation data) instead of training it again; any difference trains anew."""
+    import torch
+    from peft import get_peft_model_state_dict
+
+    from persona_lib.dataset import load_shipped
+    from persona_lib.train import TrainConfig, train
+
+    config = TrainConfig.smoke(max_steps=2, eval_steps=2, max_seq_length=64, batch_size=2)
+    records = load_shipped("taskmaster")[:8]
+    out = tmp_path / "adapter"
+    first = train(config, records[:6], out, eval_records=records[6:], resume=True, reuse=True, progress=False)
+    assert not first.reused
+    saved = adapter_weights(out)
+    written = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
+
+    again = train(config, records[:6], out, eval_records=records[6:], resume=True, reuse=True, progress=False)
+    assert again.reused and again.manifest == first.manifest
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == written  # nothing rewritten
+    loaded = get_peft_model_state_dict(again.model)
+    assert loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k].float(), saved[k].float()) for k in saved)
+
+    for changed in ({"eval_records": records[5:]}, {"config": TrainConfig.smoke(max_steps=3, eval_steps=2,
+                                                                                max_seq_length=64, batch_size=2)}):
+        kwargs = {"config": config, "eval_records": records[6:], **changed}
+        run = train(kwargs.pop("config"), records[:6], out, resume=True, reuse=True, progress=False, **kwargs)
+        assert not run.reused and run.manifest["timings"] != first.manifest["timings"]
+    assert not train(config, records[:6], out, eval_records=records[6:], progress=False).reused  # reuse is asked for

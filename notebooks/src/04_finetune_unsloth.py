@@ -164,13 +164,17 @@ print(f"{len(before)} answers from the base model")
 # `train` picks the backend: Unsloth on a CUDA GPU (4-bit base, its own gradient
 # checkpointing), transformers + PEFT elsewhere, both through TRL's SFTTrainer on the same
 # pre-tokenized data. A checkpoint is saved every few steps: if the runtime disconnects, run
-# this cell again and it resumes from the last one.
+# this cell again and it resumes from the last one. When the adapter folder already holds a
+# finished run of exactly this configuration on these conversations (Run all a second time, or
+# after a runtime reset with the run folder on Drive), the cell loads it instead of training
+# again; change a setting or the data and it trains anew.
 
 # %%
 adapter_dir = run / "adapter"
-result = train.train(config, train_records, adapter_dir, eval_records=val_records, resume=True)
-print(f"{result.manifest['steps']} steps in {result.manifest['timings']['train_s']:.0f} s, "
-      f"{result.tokens_per_second:.0f} tokens/s on {result.manifest['backend']} ({result.manifest['precision']})")
+result = train.train(config, train_records, adapter_dir, eval_records=val_records, resume=True, reuse=True)
+print(f"{'loaded, trained earlier in' if result.reused else 'trained in'} {result.manifest['steps']} steps, "
+      f"{result.manifest['timings']['train_s']:.0f} s, {result.tokens_per_second:.0f} tokens/s "
+      f"on {result.manifest['backend']} ({result.manifest['precision']})")
 
 # %% [markdown]
 # ## Reading the loss curve

@@ -2,7 +2,7 @@
 conversations in the plain {"messages": [...]} format (tests/data/own_persona), as a learner
 brings them. Both lanes run it: `run_chain(lesson, runs)` takes the lane's way of running one
 notebook with parameters, and checks that an edit made after lesson 1 reaches lessons 4, 5 and 7
-and that lesson 4 trained on lesson 2's split."""
+and that lesson 4 trained on lesson 2's split; a second Run all of lesson 4 does not train again."""
 
 import json
 from pathlib import Path
@@ -48,3 +48,11 @@ def run_chain(lesson, runs: Path) -> None:
     assert all(i.startswith("chef_rosa-") for i in report["prompts"]["ids"])  # the spec's own questions
     export = json.loads((run / "export" / "summary.json").read_text())
     assert export["persona"] == "chef_rosa" and NEW_PHRASE in export["signature_vocabulary"]
+
+    # Run all again: lesson 4 loads the adapter it finished rather than training it again (train()
+    # removes the manifest when it starts and writes every file anew when it ends).
+    written = {p.name: p.stat().st_mtime_ns for p in (run / "adapter").iterdir() if p.is_file()}
+    lesson("04")
+    kept = {p.name: p.stat().st_mtime_ns for p in (run / "adapter").iterdir() if p.is_file()}
+    notes = ("before_after.jsonl", "style_check.json")  # the lesson's notes on the replies, written each time
+    assert {k: v for k, v in kept.items() if k not in notes} == {k: v for k, v in written.items() if k not in notes}
