@@ -183,7 +183,7 @@ def eval_sets(spec: PersonaSpec, config: EvalConfig) -> dict:
 
 
 def _digest(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+    return io.canonical_sha256(parts)
 
 
 def adapter_fingerprint(adapter_dir: str | os.PathLike) -> str:

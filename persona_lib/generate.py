@@ -646,6 +646,11 @@ BATCH_SPEC_MARK = "@"  # a Batch API custom_id is "<item id>@<12 hex of the spec
 # an earlier version of the persona are recognised when they come back, hours later
 
 
+def _batch_tag(spec: PersonaSpec) -> str:
+    """What follows BATCH_SPEC_MARK in a custom_id written for `spec`."""
+    return spec_digest(spec)[:12]
+
+
 def write_batch_file(spec: PersonaSpec, model: str, path: str | os.PathLike, config: GenerateConfig | None = None,
                      *, output: str | os.PathLike | None = None) -> Path:
     """The requests for the items still missing from `output`, as an OpenAI Batch API input file
@@ -666,7 +671,7 @@ def write_batch_file(spec: PersonaSpec, model: str, path: str | os.PathLike, con
         have = len(records)
         ledger = ledger_path(output)
         done = _done_ids(records, io.read_jsonl(ledger) if ledger.is_file() else [])
-    lines, digest = [], spec_digest(spec)[:12]
+    lines, tag = [], _batch_tag(spec)
     for i in range(config.item_limit):
         if len(lines) >= config.n - have:
             break
@@ -676,7 +681,7 @@ def write_batch_file(spec: PersonaSpec, model: str, path: str | os.PathLike, con
         body = {"model": model, "messages": prompt_messages(spec, item), "max_tokens": config.max_tokens,
                 "temperature": config.temperature, "seed": config.seed * 1_000_003 + item.index * 31,
                 "response_format": response_format(conversation_schema(item.turns), "json_schema")}
-        lines.append({"custom_id": f"{item.id}{BATCH_SPEC_MARK}{digest}", "method": "POST",
+        lines.append({"custom_id": f"{item.id}{BATCH_SPEC_MARK}{tag}", "method": "POST",
                       "url": "/v1/chat/completions", "body": body})
     return io.write_jsonl(path, lines)
 
@@ -697,11 +702,11 @@ def read_batch_output(spec: PersonaSpec, model: str, batch_output: str | os.Path
                            else (price[0] * BATCH_DISCOUNT, price[1] * BATCH_DISCOUNT))
     set_aside_if_the_spec_changed(spec, output)  # a batch planned for an earlier spec matches no item now
     gate = _Gate(spec, endpoint, batch_config, output, against)
-    digest, other_spec = spec_digest(spec)[:12], 0
+    tag, other_spec = _batch_tag(spec), 0
     try:
         for row in io.iter_jsonl(batch_output):
             custom_id, _, asked_for = row["custom_id"].partition(BATCH_SPEC_MARK)
-            if asked_for and asked_for != digest:
+            if asked_for and asked_for != tag:
                 other_spec += 1
                 continue
             index = index_of(custom_id)

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
+
+
+def canonical_sha256(value: Any) -> str:
+    """sha256 of `value` as canonical JSON (keys sorted, UTF-8, anything else by its str): the
+    one hash the library keys caches, folders and records on, so equal inputs always match."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -24,7 +24,6 @@ appended as it arrives, so a rerun resumes instead of paying twice.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Sequence
 
 from persona_lib.config import Settings
-from persona_lib.io import atomic_write_text, iter_jsonl
+from persona_lib.io import atomic_write_text, canonical_sha256, iter_jsonl
 from persona_lib.llm import Endpoint, RetryPolicy
 from persona_lib.llm import chat as llm_chat
 from persona_lib.llm import client as llm_client
@@ -352,8 +351,7 @@ class Judge:
         return result
 
     def _key(self, *parts) -> str:
-        blob = json.dumps([self.config.model, self.config.temperature, *parts], sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return canonical_sha256([self.config.model, self.config.temperature, *parts])
 
     # A verdict is reused only for the same question: the key holds every part of the spec the
     # judge reads (name, description, tone, what it avoids, the rubric), so editing the persona

@@ -15,7 +15,6 @@ tiny random model) live in `<slug>-smoke/`, never in the real persona's folder.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -151,7 +150,7 @@ class StageResult:
 
 def fingerprint(inputs: dict) -> str:
     """sha256 of a stage's inputs in canonical JSON."""
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    return io.canonical_sha256(inputs)
 
 
 def file_sha256(path: str | Path) -> str | None:

@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+from persona_lib.io import canonical_sha256
 from persona_lib.spec import PersonaSpec, as_sentence, rule_lines, spaced
 
 # Who is asking (Persona Hub style): the same topic asked by a nurse manager and by a
@@ -88,7 +89,7 @@ class Item:
 def spec_digest(spec: PersonaSpec) -> str:
     """sha256 of the whole spec: the data writer's prompt reads nearly every field of it (traits,
     tone, rules, vocabulary, examples), so any edit asks for different conversations."""
-    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return canonical_sha256(asdict(spec))
 
 
 def item_id(persona: str, topic: str, scenario: str, turns: int, index: int) -> str:

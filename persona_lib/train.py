@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import math
 import os
 import platform
@@ -295,8 +294,7 @@ def check_quantization(load_in_4bit: bool, *, cuda: bool) -> None:
 
 def data_hash(records: Sequence[dict]) -> str:
     """sha256 of the conversations (messages only, canonical JSON): same data, same hash."""
-    canon = json.dumps([r["messages"] for r in records], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+    return io.canonical_sha256([r["messages"] for r in records])
 
 
 # --------------------------------------------------------------------------- models

@@ -22,3 +22,18 @@ def test_broken_jsonl_names_file_and_line(tmp_path):
     path.write_text('{"a": 1}\n\n{"a": \n')
     with pytest.raises(ValueError, match=r"x.jsonl:3: not valid JSON"):
         io.read_jsonl(path)
+
+
+def test_canonical_sha256_is_the_on_disk_key_format():
+    """Caches, generated data and run records are keyed on it: the same value in any key order
+    hashes the same, and the text is hashed as UTF-8, unescaped (changing either would set
+    aside every learner's generated conversations and cached answers)."""
+    import hashlib
+
+    from persona_lib.io import canonical_sha256
+
+    value = {"b": ["café", 2], "a": {"y": 1, "x": None}}
+    assert canonical_sha256(value) == canonical_sha256({"a": {"x": None, "y": 1}, "b": ["café", 2]})
+    text = '{"a": {"x": null, "y": 1}, "b": ["café", 2]}'
+    assert canonical_sha256(value) == hashlib.sha256(text.encode()).hexdigest()
+    assert canonical_sha256(value) != canonical_sha256({**value, "b": ["cafe", 2]})
