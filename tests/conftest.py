@@ -6,6 +6,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Taken out of the environment, so the pytest runs some tests start (the Colab lane) do not
+# write their own, smaller report over this session's.
+REPORT = os.environ.pop("PERSONA_LAB_TEST_REPORT", None)
 
 import pytest
 
@@ -19,8 +22,7 @@ def pytest_sessionstart(session):
 def pytest_sessionfinish(session, exitstatus):
     """With PERSONA_LAB_TEST_REPORT=FILE, write the run's size and time there as JSON (the
     README's test-suite figure comes from such a file, kept in bench/results/)."""
-    path = os.environ.get("PERSONA_LAB_TEST_REPORT")
-    if not path:
+    if not REPORT:
         return
     import platform
     import time
@@ -30,7 +32,7 @@ def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     counts = {k: len(v) for k, v in (reporter.stats.items() if reporter else []) if k in
               ("passed", "failed", "skipped", "error", "xfailed", "xpassed")}
-    write_json(path, {"what": "the README's test command (pytest with the repository's settings)",
+    write_json(REPORT, {"what": "the README's test command (pytest with the repository's settings)",
                       "collected": session.testscollected, "outcomes": counts, "exit_status": int(exitstatus),
                       "seconds": round(time.time() - session.started_at, 1),
                       "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()}})

@@ -112,3 +112,15 @@ def test_the_tree_passes_ruff():
     run = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", str(ROOT)],
                          capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def test_the_test_report_is_written_by_the_outer_session_only(tmp_path):
+    """PERSONA_LAB_TEST_REPORT names the file the whole session writes; pytest runs that tests
+    start in subprocesses must not see it, or their smaller report lands in the same file."""
+    import os
+
+    probe = ("import os, runpy; ns = runpy.run_path('tests/conftest.py'); "
+             "print(ns['REPORT'], os.environ.get('PERSONA_LAB_TEST_REPORT'))")
+    env = {**os.environ, "PERSONA_LAB_TEST_REPORT": str(tmp_path / "report.json")}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(tmp_path / "report.json"), "None"]
