@@ -113,17 +113,44 @@ def work_dir(run: str | os.PathLike) -> Path:
     return Path(LOCAL_DISK) / "export" / run.name if in_colab() else run / "export"
 
 
+def _same_copy(src: Path, copy: Path) -> bool:
+    """`copy` holds what `src` holds, by the quick check rsync makes: the same size and, since
+    `keep` gives each copy its source's modification time, the same time (within 2 s: Drive
+    keeps whole seconds). A source made again after a runtime reset has a new time."""
+    if not copy.is_file():
+        return False
+    a, b = src.stat(), copy.stat()
+    return a.st_size == b.st_size and abs(a.st_mtime - b.st_mtime) < 2
+
+
+def _copy_with_progress(src: Path, dest: Path, chunk: int = 16 << 20) -> None:
+    from tqdm.auto import tqdm
+
+    size = src.stat().st_size
+    with src.open("rb") as fin, dest.open("wb") as fout, \
+            tqdm(total=size, unit="B", unit_scale=True, desc=f"copying {src.name}", disable=size < 64 << 20) as bar:
+        while block := fin.read(chunk):
+            fout.write(block)
+            bar.update(len(block))
+    shutil.copystat(src, dest)
+
+
 def keep(files: Sequence[str | os.PathLike], dest: str | os.PathLike) -> list[Path]:
-    """Copy `files` into `dest` (each atomically, after checking the disk there); a file that is
-    already in `dest` stays. Returns the kept paths."""
+    """Copy `files` into `dest` (each atomically, after checking the disk there, with a progress
+    bar for large ones). A file already in `dest`, or copied there before and unchanged since,
+    is not copied again: on Colab a rerun of lesson 7 would otherwise write the 2 GB Q4_K_M file
+    to Drive each time. Returns the kept paths."""
     dest = Path(dest)
     files = [Path(f) for f in files]
-    todo = [f for f in files if f.parent.resolve() != dest.resolve()]
+    elsewhere = [f for f in files if f.parent.resolve() != dest.resolve()]
+    todo = [f for f in elsewhere if not _same_copy(f, dest / f.name)]
     if todo:
         check_resources("keep", dest, disk=1.05 * sum(size_of(f) for f in todo))
     for f in todo:
         with io.atomic_output(dest / f.name) as tmp:
-            shutil.copyfile(f, tmp)
+            _copy_with_progress(f, tmp)
+    if len(todo) < len(elsewhere):
+        print(f"copied before and unchanged since: {', '.join(f.name for f in elsewhere if f not in todo)}")
     return [dest / f.name for f in files]
 
 

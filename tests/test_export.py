@@ -444,3 +444,30 @@ def test_pick_adapter_finds_the_one_lesson_6_trained_beside(tmp_path, tiny_path,
     io.write_json(lesson6 / "manifest.json", {"base_model": "tiny", "model_path": tiny_path})
     assert ex.pick_adapter(lesson4, "tiny") == (lesson6, True)
     assert "trained beside it" in capsys.readouterr().out
+
+
+def test_keep_copies_a_file_again_only_when_it_changed(tmp_path, capsys):
+    """Lesson 7 on Colab copies what the learner keeps to Drive at the end of every Run all: an
+    unchanged file is not written again; one made anew (same size, new bytes) is."""
+    import os
+
+    from persona_lib import export
+
+    work, drive = tmp_path / "local", tmp_path / "drive"
+    work.mkdir()
+    (work / "model.gguf").write_bytes(b"a" * 1000)
+    (work / "summary.json").write_text("{}")
+    kept = export.keep([work / "model.gguf", work / "summary.json"], drive)
+    assert [p.read_bytes() for p in kept] == [b"a" * 1000, b"{}"]
+    copied = {p.name: p.stat().st_mtime_ns for p in kept}
+
+    export.keep([work / "model.gguf", work / "summary.json"], drive)
+    assert {p.name: p.stat().st_mtime_ns for p in kept} == copied
+    assert "unchanged since: model.gguf, summary.json" in capsys.readouterr().out
+
+    (work / "model.gguf").write_bytes(b"b" * 1000)  # remade: same size, new time
+    stamp = copied["model.gguf"] + 5_000_000_000
+    os.utime(work / "model.gguf", ns=(stamp, stamp))
+    export.keep([work / "model.gguf"], drive)
+    assert (drive / "model.gguf").read_bytes() == b"b" * 1000
+    assert export.keep([drive / "model.gguf"], drive) == [drive / "model.gguf"]  # already there: nothing to copy

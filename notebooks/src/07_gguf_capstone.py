@@ -29,7 +29,7 @@
 # `summary.json`. On Colab the large files are made on the runtime's local disk
 # (`/content/persona-lab/export/<run name>/`; Drive's free 15 GB cannot hold a 3B export),
 # and only what you keep (the Q4_K_M file, the persona LoRAs, the Modelfiles and the reports)
-# is copied to your run folder on Drive at the end.
+# is copied to your run folder on Drive at the end; a rerun copies only the files that changed.
 
 # %% install smollm2 llama
 
