@@ -234,11 +234,15 @@ class BlindAB:
     one) shown as A and B in a seeded random order, three buttons to pick the more in-character
     one or a tie, and the next prompt. `picks` holds {prompt id: "tuned" | "base_prompted" |
     "tie"}; `results()` compares them with the judge and the classifier
-    (`eval_report.learner_agreement`). The order is hidden until every prompt is picked."""
+    (`eval_report.learner_agreement`). The order is hidden until every prompt is picked.
+
+    With `save_to` (a JSON file) every pick is written as it is made, and a new widget over the
+    same replies starts with them: running the cell again, or Run all, keeps your judging. A
+    pick is kept only while both replies of its prompt are the ones you picked between."""
 
     CHOICES = (("A is more in character", "A"), ("B is more in character", "B"), ("Tie", "tie"))
 
-    def __init__(self, rows: list[dict], seed: int = 0):
+    def __init__(self, rows: list[dict], seed: int = 0, save_to: str | os.PathLike | None = None):
         import random
 
         import ipywidgets as w
@@ -246,8 +250,9 @@ class BlindAB:
         rng = random.Random(seed)
         self.rows = rows
         self.tuned_is_a = {row["id"]: rng.random() < 0.5 for row in rows}
-        self.picks: dict[str, str] = {}
-        self.index = 0
+        self.save_to = Path(save_to) if save_to else None
+        self.picks: dict[str, str] = self._saved_picks()
+        self.index = next((i for i, row in enumerate(rows) if row["id"] not in self.picks), len(rows))
         self.prompt, self.reply_a, self.reply_b, self.progress = w.HTML(), w.HTML(), w.HTML(), w.HTML()
         self.buttons = []
         for label, choice in self.CHOICES:
@@ -270,8 +275,28 @@ class BlindAB:
         tuned_is_a = self.tuned_is_a[row["id"]]
         self.picks[row["id"]] = ("tie" if choice == "tie" else
                                  "tuned" if (choice == "A") == tuned_is_a else "base_prompted")
-        self.index += 1
+        if self.save_to is not None:
+            from persona_lib.io import write_json
+
+            write_json(self.save_to, {"picks": {i: {"pick": p, "replies": self._replies_key(i)}
+                                                for i, p in self.picks.items()}})
+        self.index = next((i for i, r in enumerate(self.rows) if r["id"] not in self.picks), len(self.rows))
         self._show()
+
+    def _replies_key(self, prompt_id: str) -> str:
+        from persona_lib.io import canonical_sha256
+
+        row = next(r for r in self.rows if r["id"] == prompt_id)
+        return canonical_sha256([row["prompt"], row["tuned"]["reply"], row["base_prompted"]["reply"]])
+
+    def _saved_picks(self) -> dict[str, str]:
+        if self.save_to is None or not self.save_to.is_file():
+            return {}
+        from persona_lib.io import read_json
+
+        saved = read_json(self.save_to).get("picks", {})
+        ids = {row["id"] for row in self.rows}
+        return {i: s["pick"] for i, s in saved.items() if i in ids and s.get("replies") == self._replies_key(i)}
 
     def _show(self) -> None:
         n = len(self.rows)

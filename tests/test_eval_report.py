@@ -62,3 +62,24 @@ def test_blind_picks_are_unmasked_and_compared_with_judge_and_classifier(tmp_pat
     assert result["with_judge"] == {"n": 1, "agree": 1, "share": 1.0}
     assert result["with_classifier"] == {"n": 3, "agree": 2, "share": 2 / 3}
     assert learner_agreement({"p1": "tie"}, rows)["with_judge"]["share"] is None
+
+
+def test_blind_picks_survive_running_the_cell_again_while_the_replies_are_the_same(tmp_path):
+    """Lesson 5: Run all after judging, or running the widget's cell again, keeps the picks; a
+    prompt whose replies changed (the model was retrained) is asked again."""
+    write_eval(tmp_path, judged=True)
+    rows = side_by_side(tmp_path, n=3)
+    saved = tmp_path / "blind_picks.json"
+    first = BlindAB(rows, seed=1, save_to=saved)
+    first.pick("A")
+    first.pick("tie")
+    again = BlindAB(rows, seed=1, save_to=saved)
+    assert again.picks == first.picks and len(again.picks) == 2
+    assert again.index == 2 and "Prompt 3 of 3" in again.progress.value
+    again.pick("B")
+    assert BlindAB(rows, seed=1, save_to=saved).picks == again.picks  # all three, and the widget says done
+
+    retrained = [dict(rows[0], tuned={**rows[0]["tuned"], "reply": "a new tuned reply"}), *rows[1:]]
+    later = BlindAB(retrained, seed=1, save_to=saved)
+    assert set(later.picks) == {rows[1]["id"], rows[2]["id"]} and later.index == 0
+    assert BlindAB(rows, seed=1).picks == {}  # without save_to nothing is read

@@ -205,10 +205,12 @@ display(Markdown(eval_report.side_by_side_markdown(rows)))
 # persona (or a tie). When you have picked them all, run the next cell: it unmasks the order
 # and compares your picks with the judge's and the classifier's. If you disagree with both,
 # read the rubric again: either your rubric or your judge needs work. (In a run without
-# clicks, such as CI's, the next cell says there is nothing to compare yet.)
+# clicks, such as CI's, the next cell says there is nothing to compare yet.) Each pick is saved
+# in `eval/blind_picks.json` as you make it: running the cell again, or Run all, keeps them
+# while the replies are the same. Delete the file to judge again.
 
 # %%
-blind = widgets.BlindAB(rows, seed=0)
+blind = widgets.BlindAB(rows, seed=0, save_to=run / "eval" / "blind_picks.json")
 blind
 
 # %%
