@@ -288,10 +288,31 @@ def blend(model, a: str, b: str, weight: float, *, combination: str = "cat", nam
     return name
 
 
+def _cached_replies(path: Path, ids: Sequence[str], key: str, make) -> list[str]:
+    """The replies saved in `path` (JSONL: id, key, reply) when they answer exactly `ids` under
+    `key`, else `make()`'s, saved there for the next run."""
+    from persona_lib.io import read_jsonl, write_jsonl
+
+    rows = read_jsonl(path) if path.is_file() else []
+    if [r["id"] for r in rows] == list(ids) and all(r["key"] == key for r in rows):
+        return [r["reply"] for r in rows]
+    replies = make()
+    write_jsonl(path, [{"id": i, "key": key, "reply": r} for i, r in zip(ids, replies)])
+    return replies
+
+
+def _generation_settings(generate: Mapping) -> dict:
+    """The generation keywords that decide a reply (not the progress bar or the batch size)."""
+    return {k: v for k, v in generate.items() if k not in ("progress", "desc", "batch_size")}
+
+
 def blend_curve(model, tokenizer, a: str, b: str, conversations: Sequence[Sequence[dict]], classifier, *,
-                weights: Sequence[float] = BLEND_WEIGHTS, combination: str = "cat", **generate) -> dict:
+                weights: Sequence[float] = BLEND_WEIGHTS, combination: str = "cat",
+                cache: str | os.PathLike | None = None, **generate) -> dict:
     """Blend a into b step by step and measure each blend's replies with the persona
     classifier: mean P(a), mean P(b), and the share of replies attributed to b, per weight.
+    With `cache` (a folder) each weight's replies are saved there and reused on a rerun while
+    both adapters' weights, the conversations and the generation settings are unchanged.
 
     `monotonic` says whether P(b) never falls as the weight on b grows, `rise` how far it
     moves from weight 0 to 1, and `trend` sums both up ("rises monotonically", "flat" when
@@ -300,13 +321,25 @@ def blend_curve(model, tokenizer, a: str, b: str, conversations: Sequence[Sequen
     """
     if not conversations:
         raise ValueError("blend_curve needs at least one conversation to generate from")
+    from persona_lib.io import canonical_sha256
+
     ia, ib = classifier.labels.index(a), classifier.labels.index(b)
+    sources = [adapter_fingerprint(model, a), adapter_fingerprint(model, b)] if cache else []
+    ids = [canonical_sha256(list(c))[:16] for c in conversations]
     rows = []
     for w in weights:
-        name = blend(model, a, b, w, combination=combination)
-        replies = persona_replies(model, tokenizer, conversations, name, desc=f"blend {w:g}", **generate)
-        use_persona(model, a)
-        model.delete_adapter(name)  # a blend is as big as both adapters: keep one at a time
+        def make(w=w) -> list[str]:
+            name = blend(model, a, b, w, combination=combination)
+            replies = persona_replies(model, tokenizer, conversations, name, desc=f"blend {w:g}", **generate)
+            use_persona(model, a)
+            model.delete_adapter(name)  # a blend is as big as both adapters: keep one at a time
+            return replies
+
+        if cache:
+            key = canonical_sha256([a, b, sources, float(w), combination, _generation_settings(generate)])[:16]
+            replies = _cached_replies(Path(cache) / f"blend__{a}__{b}__{round(w * 100):03d}.jsonl", ids, key, make)
+        else:
+            replies = make()
         probs = classifier.predict_proba(replies)
         rows.append({"weight": float(w), "p_a": float(probs[:, ia].mean()), "p_b": float(probs[:, ib].mean()),
                      "share_b": float((probs.argmax(1) == ib).mean()), "replies": replies})
@@ -578,26 +611,19 @@ def bleed_replies(model, tokenizer, prompts: Sequence[dict], personas: Sequence[
     """`design_replies` for each persona, saved to `<cache>/<design>__<persona>.jsonl` and
     reused on a rerun while the prompts, the adapter's weights and the generation settings are
     unchanged (a retrained adapter is asked again)."""
-    import hashlib
-    import json
-
-    from persona_lib.io import read_jsonl, write_jsonl
+    from persona_lib.io import canonical_sha256
 
     ids = [p["id"] for p in prompts]
     conversations = [p["messages"] for p in prompts]
-    settings = {k: v for k, v in generate.items() if k not in ("progress", "desc", "batch_size")}
     out = {}
     for persona in personas:
         adapter = persona if design == "separate" else CONDITIONED
-        key = hashlib.sha256(json.dumps([design, persona, adapter_fingerprint(model, adapter), settings],
-                                        sort_keys=True).encode()).hexdigest()[:16]
-        path = Path(cache) / f"{design}__{persona}.jsonl"
-        rows = read_jsonl(path) if path.is_file() else []
-        if [r["id"] for r in rows] == ids and all(r["key"] == key for r in rows):
-            out[persona] = [r["reply"] for r in rows]
-            continue
-        out[persona] = design_replies(model, tokenizer, conversations, [persona], design, **generate)[persona]
-        write_jsonl(path, [{"id": i, "key": key, "reply": r} for i, r in zip(ids, out[persona])])
+        key = canonical_sha256([design, persona, adapter_fingerprint(model, adapter),
+                                _generation_settings(generate)])[:16]
+        out[persona] = _cached_replies(
+            Path(cache) / f"{design}__{persona}.jsonl", ids, key,
+            lambda persona=persona: design_replies(model, tokenizer, conversations, [persona], design,
+                                                   **generate)[persona])
     return out
 
 
@@ -637,7 +663,7 @@ def run_multi(config: MultiConfig, runs_root: str | os.PathLike | None = None, *
     a, b = config.blend_pair
     blend_set = [p["messages"] for p in bleed_prompts(config.personas, config.blend_prompts_per_persona)]
     curve = blend_curve(model, tokenizer, a, b, blend_set, classifier, weights=config.blend_weights,
-                        combination=config.combination, **gen)
+                        combination=config.combination, cache=out / "replies", **gen)
     write_json(out / "blend.json", curve)
     plots.blend_curve_plot(curve, path=out / "blend.png")
     router = Router()

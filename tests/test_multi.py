@@ -184,6 +184,28 @@ def test_blend_curve_measures_every_weight_and_cleans_up(adapters, classifier):
     assert set(model.peft_config) == set(multi.PERSONAS) and model.active_adapter == "taskmaster"
 
 
+def test_blend_curve_reuses_its_replies_until_an_adapter_changes(adapters, classifier, tmp_path, monkeypatch):
+    import torch
+
+    model, tokenizer = multi.load_personas("tiny", adapters)
+    conversations = [p["messages"] for p in multi.bleed_prompts(per_persona=1)]
+    calls = []
+    real = multi.persona_replies
+    monkeypatch.setattr(multi, "persona_replies", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+
+    def curve():
+        return multi.blend_curve(model, tokenizer, "taskmaster", "zen_coder", conversations, classifier,
+                                 weights=(0.0, 1.0), cache=tmp_path, max_new_tokens=4, progress=False)
+
+    first = curve()
+    assert len(calls) == 2 and len(list(tmp_path.glob("blend__*.jsonl"))) == 2
+    assert curve() == first and len(calls) == 2  # a rerun generates nothing
+    with torch.no_grad():  # zen_coder retrained: both weights that use it are asked again
+        next(p for n, p in model.named_parameters() if "lora_B.zen_coder" in n).add_(0.5)
+    curve()
+    assert len(calls) == 4 and model.active_adapter == "taskmaster"
+
+
 def test_figures_draw_the_matrices_and_the_curve(classifier, tmp_path):
     from persona_lib import plots
 

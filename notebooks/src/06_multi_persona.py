@@ -270,7 +270,7 @@ print(f"\nmean diagonal: ceiling {bleed['ceiling']['mean_diagonal']:.2f}, separa
 a, b = config.blend_pair
 blend_set = [p["messages"] for p in multi.bleed_prompts(config.personas, config.blend_prompts_per_persona)]
 curve = multi.blend_curve(model, tokenizer, a, b, blend_set, classifier, weights=config.blend_weights,
-                          combination=config.combination, **gen)
+                          combination=config.combination, cache=out / "replies", **gen)  # a rerun reuses them
 io.write_json(out / "blend.json", curve)
 for row in curve["rows"]:
     print(f"w = {row['weight']:.1f}: P({a}) {row['p_a']:.2f}  P({b}) {row['p_b']:.2f}  "
