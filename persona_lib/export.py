@@ -198,6 +198,30 @@ def once(final: str | os.PathLike, make, *, inputs: dict | None = None, force: b
     return final
 
 
+def parity_once(out_dir: str | os.PathLike, merged: str | os.PathLike, ggufs: dict[str, str | os.PathLike],
+                prompts: Sequence[dict], phrases: Sequence[str], config: ExportConfig, *,
+                progress: bool = True) -> dict:
+    """`export_parity` of `merged` against `ggufs` on `prompts` (held-out prompts: id and
+    messages), written to `parity.jsonl` (each prompt's replies) and `parity.json` (the report,
+    returned). A rerun reads the report back while the model files, the prompts, the phrases,
+    the settings and llama.cpp are unchanged: on Colab's 2 vCPUs the GGUF side of it takes
+    minutes for a 3B model."""
+    out_dir = Path(out_dir)
+    replies = out_dir / "parity.jsonl"
+
+    def measure(path: Path) -> None:
+        report = export_parity(merged, ggufs, [p["messages"] for p in prompts], phrases,
+                               ids=[p["id"] for p in prompts], max_new_tokens=config.max_new_tokens,
+                               n_ctx=config.n_ctx, progress=progress)
+        io.write_jsonl(replies, report.pop("rows"))
+        io.write_json(path, report)
+
+    inputs = {"merged": io.identity(merged), "ggufs": {name: io.identity(p) for name, p in ggufs.items()},
+              "prompts": io.canonical_sha256([[p["id"], p["messages"]] for p in prompts]), "phrases": list(phrases),
+              "max_new_tokens": config.max_new_tokens, "n_ctx": config.n_ctx, "llama_cpp": llama_cpp_version()}
+    return io.read_json(once(out_dir / "parity.json", measure, inputs=inputs, force=not replies.is_file()))
+
+
 def param_count(folder: str | os.PathLike) -> int:
     """Parameters in a HF folder, read from the safetensors headers (no weights loaded)."""
     total = 0
@@ -572,11 +596,9 @@ def export(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, config: E
     check = chat_check(llm, CHECK_QUESTION, max_tokens=config.max_new_tokens)
     llm.close()
 
-    prompts = heldout_prompts(spec, config.parity_prompts)
-    parity = export_parity(merged, {"f16": f16, main_quant: quantized[main_quant]}, [p["messages"] for p in prompts],
-                           spec.signature_vocabulary, ids=[p["id"] for p in prompts],
-                           max_new_tokens=config.max_new_tokens, n_ctx=config.n_ctx, progress=progress)
-    io.write_jsonl(out_dir / "parity.jsonl", parity.pop("rows"))
+    parity = parity_once(out_dir, merged, {"f16": f16, main_quant: quantized[main_quant]},
+                         heldout_prompts(spec, config.parity_prompts), spec.signature_vocabulary, config,
+                         progress=progress)
 
     tokenizer = load_tokenizer(merged)
     files = {"Modelfile": modelfile(quantized[main_quant].name, tokenizer, temperature=config.temperature,

@@ -7,6 +7,7 @@ so that merging changes the model and two adapters are two different "personas")
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -341,7 +342,41 @@ def test_export_record_parity_and_resume(exported, capsys):
 
     again = ex.export(exported["adapter"], out, ex.ExportConfig.smoke(), progress=False)
     assert all(s["skipped"] for s in again["steps"].values())
-    assert "already there, skipping" in capsys.readouterr().out
+    assert "parity.json: already there, skipping" in capsys.readouterr().out
+    assert again["parity"] == record["parity"]
+
+
+def test_parity_is_measured_again_only_when_a_model_file_or_setting_changed(tmp_path, monkeypatch):
+    """Lesson 7's parity cell on a rerun: the report is read back, unless a GGUF was remade,
+    the prompts changed, or its replies file is gone."""
+    calls = []
+
+    def fake_parity(hf_dir, ggufs, conversations, phrases, *, ids, **settings):
+        calls.append(ids)
+        return {"n": len(ids), "systems": {name: {"token_agreement": 1.0} for name in ggufs},
+                "rows": [{"id": i} for i in ids]}
+
+    monkeypatch.setattr(ex, "export_parity", fake_parity)
+    merged, gguf = tmp_path / "merged", tmp_path / "m.Q4_K_M.gguf"
+    merged.mkdir()
+    (merged / "model.safetensors").write_bytes(b"w")
+    gguf.write_bytes(b"q")
+    prompts = [{"id": "p1", "messages": [{"role": "user", "content": "hi"}]}]
+    config = ex.ExportConfig.smoke()
+
+    def measure(prompts=prompts):
+        return ex.parity_once(tmp_path, merged, {"Q4_K_M": gguf}, prompts, ["let's"], config, progress=False)
+
+    first = measure()
+    assert first == {"n": 1, "systems": {"Q4_K_M": {"token_agreement": 1.0}}} and len(calls) == 1
+    assert measure() == first and len(calls) == 1
+    assert [json.loads(line)["id"] for line in (tmp_path / "parity.jsonl").read_text().splitlines()] == ["p1"]
+    os.utime(gguf, ns=(1, 1))  # remade
+    measure()
+    measure([*prompts, {"id": "p2", "messages": [{"role": "user", "content": "and?"}]}])
+    (tmp_path / "parity.jsonl").unlink()
+    measure([*prompts, {"id": "p2", "messages": [{"role": "user", "content": "and?"}]}])
+    assert len(calls) == 4
 
 
 class _TemplateOnly:

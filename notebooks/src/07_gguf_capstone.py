@@ -55,7 +55,6 @@ from persona_lib import (
     models,
     multi,
     ollama,
-    parity,
     plots,
 )
 from persona_lib.spec import chapter_spec
@@ -197,18 +196,15 @@ personas.close()
 # paired bootstrap interval of its difference from HF over prompts: it should contain 0) and
 # greedy token agreement (how far the replies run identical before they first differ).
 # Lesson 5's evaluation has the richer measures; if these move, read the replies side by side
-# in `parity.jsonl` to see what changed.
+# in `parity.jsonl` to see what changed. (`parity.export_parity` does the measuring; the cell
+# keeps its result, and a rerun reads it back while the files and settings are unchanged.)
 
 # %%
 from persona_lib.dataset import heldout_prompts
 
 prompts = heldout_prompts(spec, config.parity_prompts)
-parity_report = parity.export_parity(merged, {"f16": f16, config.quants[0]: ship},
-                                     [p["messages"] for p in prompts], spec.signature_vocabulary,
-                                     ids=[p["id"] for p in prompts],
-                                     max_new_tokens=config.max_new_tokens, n_ctx=config.n_ctx)
-io.write_jsonl(out / "parity.jsonl", parity_report.pop("rows"))
-io.write_json(out / "parity.json", parity_report)
+parity_report = export.parity_once(out, merged, {"f16": f16, config.quants[0]: ship}, prompts,
+                                   spec.signature_vocabulary, config)
 print(f"per-prompt replies: {out / 'parity.jsonl'}")
 
 # %%
