@@ -83,22 +83,28 @@ def trained_on(folder: str | os.PathLike, model_id: str) -> bool:
     return base == wanted or Path(base).resolve() == Path(wanted).resolve()
 
 
-def load(folder: str | os.PathLike, base: str | None = None):
+def load(folder: str | os.PathLike, base: str | None = None, *, load_in_4bit: bool = True):
     """(PeftModel, tokenizer): `base` (default: the adapter's own base model) with the adapter
     on top, in eval mode. The tokenizer saved beside the adapter wins (training set its chat
     template, EOS and pad tokens); `with model.disable_adapter():` gives the base model back
-    without a second copy."""
+    without a second copy. `load_in_4bit` applies where Unsloth loads the base (a CUDA GPU)."""
     from peft import PeftModel
 
-    from persona_lib.models import load_chat_model
+    from persona_lib.models import load_chat_model, unsloth_available
 
     folder = Path(folder)
     _config(folder)
-    model, tokenizer = load_chat_model(base or base_model(folder))
+    model, tokenizer = load_chat_model(base or base_model(folder), load_in_4bit=load_in_4bit)
     if (folder / "tokenizer_config.json").is_file():
         tokenizer = load_tokenizer(folder)
     model = PeftModel.from_pretrained(model, str(folder))
     model.eval()
+    if unsloth_available():
+        from unsloth import FastLanguageModel
+
+        # Unsloth's own loader puts the adapter on first and then prepares the whole model for
+        # generation; this does the same (load_chat_model prepared the base alone).
+        FastLanguageModel.for_inference(model)
     return model, tokenizer
 
 

@@ -132,7 +132,8 @@ def _copy_with_progress(src: Path, dest: Path, chunk: int = 16 << 20) -> None:
         while block := fin.read(chunk):
             fout.write(block)
             bar.update(len(block))
-    shutil.copystat(src, dest)
+    with contextlib.suppress(OSError):  # a file system that keeps no times copies again next time
+        os.utime(dest, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns))
 
 
 def keep(files: Sequence[str | os.PathLike], dest: str | os.PathLike) -> list[Path]:
@@ -216,10 +217,15 @@ def parity_once(out_dir: str | os.PathLike, merged: str | os.PathLike, ggufs: di
         io.write_jsonl(replies, report.pop("rows"))
         io.write_json(path, report)
 
+    import torch
+
     inputs = {"merged": io.identity(merged), "ggufs": {name: io.identity(p) for name, p in ggufs.items()},
               "prompts": io.canonical_sha256([[p["id"], p["messages"]] for p in prompts]), "phrases": list(phrases),
-              "max_new_tokens": config.max_new_tokens, "n_ctx": config.n_ctx, "llama_cpp": llama_cpp_version()}
-    return io.read_json(once(out_dir / "parity.json", measure, inputs=inputs, force=not replies.is_file()))
+              "max_new_tokens": config.max_new_tokens, "n_ctx": config.n_ctx, "llama_cpp": llama_cpp_version(),
+              "hf_on": "cuda" if torch.cuda.is_available() else "cpu"}  # fp16 on a GPU, fp32 on a CPU
+    if not replies.is_file():
+        (out_dir / "parity.json").unlink(missing_ok=True)  # the report goes with its replies
+    return io.read_json(once(out_dir / "parity.json", measure, inputs=inputs))
 
 
 def param_count(folder: str | os.PathLike) -> int:

@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 
-def canonical_sha256(value: Any) -> str:
+def canonical_sha256(value: Any, *, escape_non_ascii: bool = False) -> str:
     """sha256 of `value` as canonical JSON (keys sorted, UTF-8, anything else by its str): the
-    one hash the library keys caches, folders and records on, so equal inputs always match."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+    one hash the library keys caches, folders and records on, so equal inputs always match.
+    `escape_non_ascii` writes "°" as "\\u00b0" first: the form `persona run`'s stage records have
+    always been keyed on (a changed digest would redo every stage of an existing run)."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=escape_non_ascii, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

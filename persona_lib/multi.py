@@ -340,6 +340,7 @@ def blend_curve(model, tokenizer, a: str, b: str, conversations: Sequence[Sequen
             replies = _cached_replies(Path(cache) / f"blend__{a}__{b}__{round(w * 100):03d}.jsonl", ids, key, make)
         else:
             replies = make()
+        use_persona(model, a)  # as after a generated weight, also when every weight came from the cache
         probs = classifier.predict_proba(replies)
         rows.append({"weight": float(w), "p_a": float(probs[:, ia].mean()), "p_b": float(probs[:, ib].mean()),
                      "share_b": float((probs.argmax(1) == ib).mean()), "replies": replies})

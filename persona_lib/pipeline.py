@@ -150,7 +150,7 @@ class StageResult:
 
 def fingerprint(inputs: dict) -> str:
     """sha256 of a stage's inputs in canonical JSON."""
-    return io.canonical_sha256(inputs)
+    return io.canonical_sha256(inputs, escape_non_ascii=True)
 
 
 def file_sha256(path: str | Path) -> str | None:

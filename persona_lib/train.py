@@ -489,11 +489,13 @@ def _prepare_checkpoints(ckpt_dir: Path, key: dict, resume: bool, say=print) -> 
 def finished_run(output_dir: str | os.PathLike, key: dict) -> dict | None:
     """The manifest of the adapter in `output_dir` when its run finished with exactly the config
     and data of `key` (`_run_key`), else None. The manifest is written last and removed when a
-    run starts, so an adapter without one is unfinished."""
+    run starts, so an adapter without one is unfinished; so is one missing a file it lists."""
     output_dir = Path(output_dir)
     if not all((output_dir / name).is_file() for name in ("manifest.json", "adapter_config.json")):
         return None
     manifest = io.read_json(output_dir / "manifest.json")
+    if not all((output_dir / name).is_file() for name in manifest.get("files", [])):
+        return None
     data = manifest.get("data", {})
     found = {"config": manifest.get("config"), "train_data": data.get("train_sha256"),
              "eval_data": data.get("eval_sha256")}
@@ -543,8 +545,9 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
     `eval_records` is the validation set; without it, `config.validation_fraction` of `records`
     is held out. `resume=True` continues from the last checkpoint in `output_dir/checkpoints`
     (same config and data required). `reuse=True` loads the adapter already in `output_dir`
-    instead when its run finished with this config and data (a notebook's Run all done twice);
-    the result then has `reused=True` and that run's manifest. `callbacks` are transformers
+    instead when its run finished with this config and data (a notebook's Run all done twice;
+    one process only: under `accelerate launch` it trains); the result then has `reused=True`
+    and that run's manifest. `callbacks` are transformers
     `TrainerCallback`s added after the loss log and progress bar (a timer, a memory trace).
     Returns the manifest, and the trained model in memory.
     """
@@ -580,7 +583,7 @@ def train(config: TrainConfig, records: Sequence[dict], output_dir: str | os.Pat
         print(f"{output_dir} already holds the adapter of this configuration, trained on these conversations "
               f"({manifest['steps']} steps in {manifest['timings']['train_s']:.0f} s): loading it instead of "
               "training again. Change a setting or the data, or delete the folder, to train anew.")
-        model, tokenizer = adapters.load(output_dir, config.model_id)
+        model, tokenizer = adapters.load(output_dir, config.model_id, load_in_4bit=config.load_in_4bit)
         return TrainResult(output_dir=output_dir, manifest=manifest, model=model, tokenizer=tokenizer, reused=True)
     if processes > 1:
         from accelerate import PartialState

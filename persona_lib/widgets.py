@@ -294,7 +294,11 @@ class BlindAB:
             return {}
         from persona_lib.io import read_json
 
-        saved = read_json(self.save_to).get("picks", {})
+        try:
+            saved = read_json(self.save_to).get("picks", {})
+        except (OSError, ValueError, AttributeError):
+            print(f"{self.save_to} could not be read: starting with no picks (it is replaced at the first pick)")
+            return {}
         ids = {row["id"] for row in self.rows}
         return {i: s["pick"] for i, s in saved.items() if i in ids and s.get("replies") == self._replies_key(i)}
 

@@ -83,3 +83,5 @@ def test_blind_picks_survive_running_the_cell_again_while_the_replies_are_the_sa
     later = BlindAB(retrained, seed=1, save_to=saved)
     assert set(later.picks) == {rows[1]["id"], rows[2]["id"]} and later.index == 0
     assert BlindAB(rows, seed=1).picks == {}  # without save_to nothing is read
+    saved.write_text("{not json")  # cut off mid-write, or edited by hand
+    assert BlindAB(rows, seed=1, save_to=saved).picks == {}

@@ -481,7 +481,7 @@ def test_pick_adapter_finds_the_one_lesson_6_trained_beside(tmp_path, tiny_path,
     assert "trained beside it" in capsys.readouterr().out
 
 
-def test_keep_copies_a_file_again_only_when_it_changed(tmp_path, capsys):
+def test_keep_copies_a_file_again_only_when_it_changed(tmp_path, capsys, monkeypatch):
     """Lesson 7 on Colab copies what the learner keeps to Drive at the end of every Run all: an
     unchanged file is not written again; one made anew (same size, new bytes) is."""
     import os
@@ -496,13 +496,17 @@ def test_keep_copies_a_file_again_only_when_it_changed(tmp_path, capsys):
     assert [p.read_bytes() for p in kept] == [b"a" * 1000, b"{}"]
     copied = {p.name: p.stat().st_mtime_ns for p in kept}
 
+    copies = []
+    real_copy = export._copy_with_progress
+    monkeypatch.setattr(export, "_copy_with_progress",
+                        lambda src, dest: copies.append(src.name) or real_copy(src, dest))
     export.keep([work / "model.gguf", work / "summary.json"], drive)
-    assert {p.name: p.stat().st_mtime_ns for p in kept} == copied
+    assert copies == [] and {p.name: p.stat().st_mtime_ns for p in kept} == copied
     assert "unchanged since: model.gguf, summary.json" in capsys.readouterr().out
 
     (work / "model.gguf").write_bytes(b"b" * 1000)  # remade: same size, new time
     stamp = copied["model.gguf"] + 5_000_000_000
     os.utime(work / "model.gguf", ns=(stamp, stamp))
     export.keep([work / "model.gguf"], drive)
-    assert (drive / "model.gguf").read_bytes() == b"b" * 1000
+    assert (drive / "model.gguf").read_bytes() == b"b" * 1000 and copies == ["model.gguf"]
     assert export.keep([drive / "model.gguf"], drive) == [drive / "model.gguf"]  # already there: nothing to copy

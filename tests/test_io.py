@@ -37,3 +37,15 @@ def test_canonical_sha256_is_the_on_disk_key_format():
     text = '{"a": {"x": null, "y": 1}, "b": ["café", 2]}'
     assert canonical_sha256(value) == hashlib.sha256(text.encode()).hexdigest()
     assert canonical_sha256(value) != canonical_sha256({**value, "b": ["cafe", 2]})
+
+
+def test_persona_run_stage_keys_keep_their_escaped_form():
+    """`persona run` records each stage's fingerprint; a spec with "180°C" in it must hash as it
+    always has, or every stage of an existing run (paid generation included) is redone."""
+    import hashlib
+
+    from persona_lib.pipeline import fingerprint
+
+    inputs = {"spec": {"description": "Bake at 180°C — then rest it"}, "seed": 0}
+    escaped = '{"seed": 0, "spec": {"description": "Bake at 180\\u00b0C \\u2014 then rest it"}}'
+    assert fingerprint(inputs) == hashlib.sha256(escaped.encode()).hexdigest()

@@ -199,7 +199,9 @@ def test_blend_curve_reuses_its_replies_until_an_adapter_changes(adapters, class
 
     first = curve()
     assert len(calls) == 2 and len(list(tmp_path.glob("blend__*.jsonl"))) == 2
+    model.set_adapter("zen_coder")  # left active by other work
     assert curve() == first and len(calls) == 2  # a rerun generates nothing
+    assert model.active_adapter == "taskmaster"
     with torch.no_grad():  # zen_coder retrained: both weights that use it are asked again
         next(p for n, p in model.named_parameters() if "lora_B.zen_coder" in n).add_(0.5)
     curve()

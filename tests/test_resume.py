@@ -128,10 +128,14 @@ def test_a_finished_run_is_loaded_again_only_with_the_same_config_and_data(tmp_p
     loaded = get_peft_model_state_dict(again.model)
     assert loaded.keys() == saved.keys()
     assert all(torch.equal(loaded[k].float(), saved[k].float()) for k in saved)
+    plain = train(config, records[:6], out, eval_records=records[6:], resume=True, progress=False)
+    assert not plain.reused and plain.manifest["timings"] != first.manifest["timings"]  # reuse is asked for
 
     for changed in ({"eval_records": records[5:]}, {"config": TrainConfig.smoke(max_steps=3, eval_steps=2,
                                                                                 max_seq_length=64, batch_size=2)}):
         kwargs = {"config": config, "eval_records": records[6:], **changed}
         run = train(kwargs.pop("config"), records[:6], out, resume=True, reuse=True, progress=False, **kwargs)
         assert not run.reused and run.manifest["timings"] != first.manifest["timings"]
-    assert not train(config, records[:6], out, eval_records=records[6:], progress=False).reused  # reuse is asked for
+    (out / "adapter_model.safetensors").unlink()  # a file the manifest lists is gone: not a finished run
+    assert not train(config, records[:6], out, eval_records=records[6:], resume=True, reuse=True,
+                     progress=False).reused
