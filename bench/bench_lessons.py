@@ -11,6 +11,11 @@ for a while, and the rates say whether it was). The lesson headers' CPU times co
     python bench/bench_lessons.py                      # all seven (lesson 6's trainings alone take 72 min)
     python bench/bench_lessons.py --lessons 1,2,3,4,5,7   # without lesson 6's four trainings
                                                        # (bench_multi.py --train-only times those alone)
+    python bench/bench_lessons.py --lessons 1,2,3,4,7 --again   # then Run all each one a second time
+
+`--again` runs the same lessons a second time, in order, over the folder the first pass left
+(a learner who comes back and clicks Run all again): what each lesson reuses shows as the
+second time against the first, measured side by side in one run (`again`, `again_vs_first`).
 
 Writes bench/results/lessons_cpu.json; the executed notebooks stay in the run folder's
 `executed/` for reading (they are outputs: never commit them).
@@ -51,6 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lessons", default="1,2,3,4,5,6,7", help="lesson numbers, run in this order")
     parser.add_argument("--runs", default="", help="run folder root (default: a fresh temporary folder)")
     parser.add_argument("--results", default=str(RESULTS / "lessons_cpu.json"))
+    parser.add_argument("--again", action="store_true", help="then run the same lessons a second time, in order")
     args = parser.parse_args(argv)
 
     import papermill
@@ -85,30 +91,41 @@ def main(argv=None) -> int:
         "runs": str(runs),
         "lessons": {},
     }
-    for number in wanted:
-        nb = notebooks[number]
-        before = matmul_rates()
-        start = time.perf_counter()
-        error = None
-        try:
-            papermill.execute_notebook(str(nb), str(executed_dir / nb.name), parameters={"RUNS_ROOT": str(runs)},
-                                       cwd=str(runs), progress_bar=False, kernel_name="python3")
-        except papermill.PapermillExecutionError as exc:  # record it and go on: later lessons fall back
-            error = f"{exc.ename}: {exc.evalue}"[:500]
-        seconds = time.perf_counter() - start
-        after = matmul_rates()
-        row = {"notebook": nb.name, "seconds": round(seconds, 1), "minutes": round(seconds / 60, 1),
-               "error": error, "slowest_cells": slowest_cells(executed_dir / nb.name),
-               "matmul_gflops": rates_before_after(before, after)}
-        report["lessons"][str(number)] = row
-        print(f"lesson {number}: {row['minutes']} min" + (f"  FAILED {error}" if error else ""), flush=True)
-        write_json(Path(args.results), report)  # after every lesson: a stopped run keeps what it measured
+    passes = [("lessons", "")] + ([("again", ".again")] if args.again else [])
+    for key, suffix in passes:
+        report[key] = {}
+        for number in wanted:
+            nb = notebooks[number]
+            executed = executed_dir / f"{nb.stem}{suffix}.ipynb"
+            before = matmul_rates()
+            start = time.perf_counter()
+            error = None
+            try:
+                papermill.execute_notebook(str(nb), str(executed), parameters={"RUNS_ROOT": str(runs)},
+                                           cwd=str(runs), progress_bar=False, kernel_name="python3")
+            except papermill.PapermillExecutionError as exc:  # record it and go on: later lessons fall back
+                error = f"{exc.ename}: {exc.evalue}"[:500]
+            seconds = time.perf_counter() - start
+            after = matmul_rates()
+            row = {"notebook": nb.name, "seconds": round(seconds, 1), "minutes": round(seconds / 60, 1),
+                   "error": error, "slowest_cells": slowest_cells(executed),
+                   "matmul_gflops": rates_before_after(before, after)}
+            report[key][str(number)] = row
+            print(f"{'again: ' if suffix else ''}lesson {number}: {row['minutes']} min"
+                  + (f"  FAILED {error}" if error else ""), flush=True)
+            write_json(Path(args.results), report)  # after every lesson: a stopped run keeps what it measured
 
     report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    report["total_minutes"] = round(sum(r["seconds"] for r in report["lessons"].values()) / 60, 1)
+    for key, _ in passes:
+        report[f"total_minutes{'_again' if key == 'again' else ''}"] = round(
+            sum(r["seconds"] for r in report[key].values()) / 60, 1)
+    if args.again:
+        report["again_vs_first"] = {n: round(report["again"][n]["seconds"] / report["lessons"][n]["seconds"], 3)
+                                    for n in report["lessons"]}
     write_json(Path(args.results), report)
-    print(f"{len(wanted)} lessons: {report['total_minutes']} min -> {args.results}")
-    return 1 if any(r["error"] for r in report["lessons"].values()) else 0
+    print(f"{len(wanted)} lessons: {report['total_minutes']} min"
+          + (f", a second Run all {report['total_minutes_again']} min" if args.again else "") + f" -> {args.results}")
+    return 1 if any(r["error"] for key, _ in passes for r in report[key].values()) else 0
 
 
 if __name__ == "__main__":
