@@ -122,3 +122,44 @@ def generate_replies(
     finally:
         tokenizer.padding_side = side
     return replies
+
+
+def cached_replies(path, ids: Sequence[str], key: str, make) -> list[str]:
+    """The replies saved in `path` (JSONL: id, key, reply) when they answer exactly `ids` under
+    `key` (a hash of everything that decides them), else `make()`'s, saved there for next time."""
+    from pathlib import Path
+
+    from persona_lib.io import read_jsonl, write_jsonl
+
+    path = Path(path)
+    rows = read_jsonl(path) if path.is_file() else []
+    if [r["id"] for r in rows] == list(ids) and all(r["key"] == key for r in rows):
+        return [r["reply"] for r in rows]
+    replies = make()
+    write_jsonl(path, [{"id": i, "key": key, "reply": r} for i, r in zip(ids, replies)])
+    return replies
+
+
+def base_replies(model_id: str, conversations: Sequence[Sequence[Message]], *, cache, max_new_tokens: int = 128,
+                 decoding: Decoding = GREEDY, progress: bool = True) -> list[str]:
+    """The base model's replies to `conversations` (as given: no system prompt added), loaded
+    with `models.load_chat_model` and freed again. Kept in `cache` (a JSONL file) and reused
+    while the model's files, the loader (Unsloth in 4-bit on a GPU, else the CPU's), the
+    conversations and the decoding are the same: a second Run all of lesson 4 loads no base model."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from persona_lib.io import canonical_sha256, identity
+    from persona_lib.models import load_chat_model, resolve, unsloth_available
+
+    path = resolve(model_id)
+    model_files = identity(path) if Path(path).is_dir() else path  # a Hub id names one model
+    key = canonical_sha256([model_files, unsloth_available(), max_new_tokens, asdict(decoding)])[:16]
+    ids = [canonical_sha256(list(c))[:16] for c in conversations]
+
+    def make() -> list[str]:
+        model, tokenizer = load_chat_model(model_id)
+        return generate_replies(model, tokenizer, conversations, max_new_tokens=max_new_tokens, decoding=decoding,
+                                progress=progress, desc="base")
+
+    return cached_replies(cache, ids, key, make)

@@ -32,6 +32,7 @@ from typing import Mapping, Sequence
 
 from persona_lib import paths
 from persona_lib.adapters import base_model, trained_on
+from persona_lib.chat import cached_replies
 from persona_lib.config import Settings
 
 PERSONAS = ("taskmaster", "captain_codebeard", "zen_coder")
@@ -288,19 +289,6 @@ def blend(model, a: str, b: str, weight: float, *, combination: str = "cat", nam
     return name
 
 
-def _cached_replies(path: Path, ids: Sequence[str], key: str, make) -> list[str]:
-    """The replies saved in `path` (JSONL: id, key, reply) when they answer exactly `ids` under
-    `key`, else `make()`'s, saved there for the next run."""
-    from persona_lib.io import read_jsonl, write_jsonl
-
-    rows = read_jsonl(path) if path.is_file() else []
-    if [r["id"] for r in rows] == list(ids) and all(r["key"] == key for r in rows):
-        return [r["reply"] for r in rows]
-    replies = make()
-    write_jsonl(path, [{"id": i, "key": key, "reply": r} for i, r in zip(ids, replies)])
-    return replies
-
-
 def _generation_settings(generate: Mapping) -> dict:
     """The generation keywords that decide a reply (not the progress bar or the batch size)."""
     return {k: v for k, v in generate.items() if k not in ("progress", "desc", "batch_size")}
@@ -337,7 +325,7 @@ def blend_curve(model, tokenizer, a: str, b: str, conversations: Sequence[Sequen
 
         if cache:
             key = canonical_sha256([a, b, sources, float(w), combination, _generation_settings(generate)])[:16]
-            replies = _cached_replies(Path(cache) / f"blend__{a}__{b}__{round(w * 100):03d}.jsonl", ids, key, make)
+            replies = cached_replies(Path(cache) / f"blend__{a}__{b}__{round(w * 100):03d}.jsonl", ids, key, make)
         else:
             replies = make()
         use_persona(model, a)  # as after a generated weight, also when every weight came from the cache
@@ -621,7 +609,7 @@ def bleed_replies(model, tokenizer, prompts: Sequence[dict], personas: Sequence[
         adapter = persona if design == "separate" else CONDITIONED
         key = canonical_sha256([design, persona, adapter_fingerprint(model, adapter),
                                 _generation_settings(generate)])[:16]
-        out[persona] = _cached_replies(
+        out[persona] = cached_replies(
             Path(cache) / f"{design}__{persona}.jsonl", ids, key,
             lambda persona=persona: design_replies(model, tokenizer, conversations, [persona], design,
                                                    **generate)[persona])

@@ -1,6 +1,7 @@
 """The model registry: the embedded default and the tiny test model, both built from disk."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,32 @@ def test_batches_go_to_the_models_device(tiny):
     model = OnOtherDevice()
     generate_replies(model, tiny[1], [[{"role": "user", "content": "Hi."}]], max_new_tokens=2, progress=False)
     assert model.seen == [(torch.device("meta"), torch.device("meta"))]
+
+
+def test_base_replies_are_kept_until_the_model_files_the_prompts_or_the_decoding_change(tmp_path, tiny_path,
+                                                                                         monkeypatch):
+    """Lesson 4's "before": a second Run all loads no base model for it."""
+    import shutil
+
+    from persona_lib import chat
+
+    model = tmp_path / "tiny-copy"
+    shutil.copytree(tiny_path, model)
+    loads = []
+    real_load = models.load_chat_model
+    monkeypatch.setattr(models, "load_chat_model", lambda model_id: loads.append(model_id) or real_load(model_id))
+    conversations = [[{"role": "user", "content": "What first?"}], [{"role": "user", "content": "And then?"}]]
+    cache = tmp_path / "adapter" / "base_replies.jsonl"
+
+    def ask(conversations=conversations, decoding=chat.GREEDY):
+        return chat.base_replies(str(model), conversations, cache=cache, max_new_tokens=4, decoding=decoding,
+                                 progress=False)
+
+    first = ask()
+    assert len(first) == 2 and len(loads) == 1
+    assert ask() == first and len(loads) == 1
+    ask(decoding=chat.CHAT)
+    ask(conversations[:1])
+    os.utime(model / "config.json", ns=(1, 1))  # the model folder changed
+    ask(conversations[:1])
+    assert len(loads) == 4

@@ -21,8 +21,9 @@
 #
 # **What it leaves behind** in `runs/taskmaster/adapter/`: the adapter (`adapter_config.json`,
 # `adapter_model.safetensors`), the tokenizer with the chat template it was trained with, the
-# loss log and curve, `manifest.json` (config, versions, data hash, timings) and
-# `before_after.jsonl`. Lessons 5, 6 and 7 load the adapter from there.
+# loss log and curve, `manifest.json` (config, versions, data hash, timings),
+# `before_after.jsonl` and the base model's replies (`base_replies.jsonl`). Lessons 5, 6 and 7
+# load the adapter from there.
 
 # %% install smollm2
 
@@ -41,7 +42,7 @@ MAX_NEW_TOKENS = 120  # about 90 words: TaskMaster's replies are short
 from pathlib import Path
 
 from persona_lib import colab, dataset, io, masking, metrics, models, plots, train
-from persona_lib.chat import CHAT, generate_replies
+from persona_lib.chat import CHAT, base_replies, generate_replies
 from persona_lib.dataset import heldout_prompts
 from persona_lib.spec import chapter_spec
 
@@ -152,10 +153,10 @@ print("".join(pieces + [tokenizer.decode(row["input_ids"][last:])]))
 prompts = heldout_prompts(spec, 2 if SMOKE else N_PROMPTS)
 conversations = [p["messages"] for p in prompts]
 max_new = 8 if SMOKE else MAX_NEW_TOKENS
-base_model, base_tokenizer = models.load_chat_model(model_id)
-before = generate_replies(base_model, base_tokenizer, conversations, max_new_tokens=max_new, decoding=CHAT,
-                          desc="base")
-del base_model  # free the memory for training
+# The base model is loaded, asked and freed again before training; its replies are kept in
+# the adapter folder, so a second Run all does not load it for them.
+before = base_replies(model_id, conversations, cache=run / "adapter" / "base_replies.jsonl",
+                      max_new_tokens=max_new, decoding=CHAT)
 print(f"{len(before)} answers from the base model")
 
 # %% [markdown]
