@@ -120,8 +120,9 @@ def main(argv=None) -> int:
         report[f"total_minutes{'_again' if key == 'again' else ''}"] = round(
             sum(r["seconds"] for r in report[key].values()) / 60, 1)
     if args.again:
-        report["again_vs_first"] = {n: round(report["again"][n]["seconds"] / report["lessons"][n]["seconds"], 3)
-                                    for n in report["lessons"]}
+        report["again_vs_first"] = {  # None where either pass failed: a ratio of a failure means nothing
+            n: None if report["again"][n]["error"] or row["error"] else
+            round(report["again"][n]["seconds"] / row["seconds"], 3) for n, row in report["lessons"].items()}
     write_json(Path(args.results), report)
     print(f"{len(wanted)} lessons: {report['total_minutes']} min"
           + (f", a second Run all {report['total_minutes_again']} min" if args.again else "") + f" -> {args.results}")

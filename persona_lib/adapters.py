@@ -26,8 +26,8 @@ class AdapterError(FileNotFoundError):
 
 # What loading an adapter folder reads: PEFT's weights and config, the tokenizer training saved
 # beside them, and the manifest (`base_model` reads the base from it). The lessons also keep notes
-# there (lesson 4's before/after replies and style check, the loss log and curve); rewriting those
-# does not change the adapter.
+# there (lesson 4's before/after and base replies and style check, the loss log and curve);
+# rewriting those does not change the adapter.
 LOADED_FILES = ("adapter_config.json", "adapter_model.*", "manifest.json", "tokenizer*", "special_tokens_map.json",
                 "added_tokens.json", "chat_template*", "vocab.json", "merges.txt")
 

@@ -132,33 +132,45 @@ def cached_replies(path, ids: Sequence[str], key: str, make) -> list[str]:
     from persona_lib.io import read_jsonl, write_jsonl
 
     path = Path(path)
-    rows = read_jsonl(path) if path.is_file() else []
-    if [r["id"] for r in rows] == list(ids) and all(r["key"] == key for r in rows):
-        return [r["reply"] for r in rows]
+    try:
+        rows = read_jsonl(path) if path.is_file() else []
+        if [r["id"] for r in rows] == list(ids) and all(r["key"] == key for r in rows):
+            return [r["reply"] for r in rows]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # unreadable (cut off, edited by hand): made again and replaced
     replies = make()
     write_jsonl(path, [{"id": i, "key": key, "reply": r} for i, r in zip(ids, replies)])
     return replies
 
 
 def base_replies(model_id: str, conversations: Sequence[Sequence[Message]], *, cache, max_new_tokens: int = 128,
-                 decoding: Decoding = GREEDY, progress: bool = True) -> list[str]:
+                 decoding: Decoding = GREEDY, load_in_4bit: bool = True, progress: bool = True) -> list[str]:
     """The base model's replies to `conversations` (as given: no system prompt added), loaded
     with `models.load_chat_model` and freed again. Kept in `cache` (a JSONL file) and reused
-    while the model's files, the loader (Unsloth in 4-bit on a GPU, else the CPU's), the
-    conversations and the decoding are the same: a second Run all of lesson 4 loads no base model."""
+    while the model's files, how it is loaded (Unsloth on which GPU, in 4-bit or not, else
+    the CPU's fp32), the library versions, the conversations and the decoding are the same: a
+    second Run all of lesson 4 loads no base model for them."""
     from dataclasses import asdict
+    from importlib import metadata
     from pathlib import Path
+
+    import torch
 
     from persona_lib.io import canonical_sha256, identity
     from persona_lib.models import load_chat_model, resolve, unsloth_available
 
     path = resolve(model_id)
+    gpu = unsloth_available()
+    loader = {"unsloth": gpu, "load_in_4bit": load_in_4bit and gpu,
+              # Unsloth's dtype=None is fp16 on a T4 and bf16 where the GPU has it
+              "gpu": torch.cuda.get_device_name(0) if gpu else None,
+              "versions": {name: metadata.version(name) for name in ("torch", "transformers", "peft")}}
     model_files = identity(path) if Path(path).is_dir() else path  # a Hub id names one model
-    key = canonical_sha256([model_files, unsloth_available(), max_new_tokens, asdict(decoding)])[:16]
+    key = canonical_sha256([model_files, loader, max_new_tokens, asdict(decoding)])[:16]
     ids = [canonical_sha256(list(c))[:16] for c in conversations]
 
     def make() -> list[str]:
-        model, tokenizer = load_chat_model(model_id)
+        model, tokenizer = load_chat_model(model_id, load_in_4bit=load_in_4bit)
         return generate_replies(model, tokenizer, conversations, max_new_tokens=max_new_tokens, decoding=decoding,
                                 progress=progress, desc="base")
 

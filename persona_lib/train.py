@@ -489,12 +489,18 @@ def _prepare_checkpoints(ckpt_dir: Path, key: dict, resume: bool, say=print) -> 
 def finished_run(output_dir: str | os.PathLike, key: dict) -> dict | None:
     """The manifest of the adapter in `output_dir` when its run finished with exactly the config
     and data of `key` (`_run_key`), else None. The manifest is written last and removed when a
-    run starts, so an adapter without one is unfinished; so is one missing a file it lists."""
+    run starts, so an adapter without one is unfinished; so is one missing a file that loading
+    it reads (`adapters.LOADED_FILES`) among those it lists."""
+    import fnmatch
+
+    from persona_lib.adapters import LOADED_FILES
+
     output_dir = Path(output_dir)
     if not all((output_dir / name).is_file() for name in ("manifest.json", "adapter_config.json")):
         return None
     manifest = io.read_json(output_dir / "manifest.json")
-    if not all((output_dir / name).is_file() for name in manifest.get("files", [])):
+    needed = [n for n in manifest.get("files", []) if any(fnmatch.fnmatch(n, p) for p in LOADED_FILES)]
+    if not all((output_dir / name).is_file() for name in needed):
         return None
     data = manifest.get("data", {})
     found = {"config": manifest.get("config"), "train_data": data.get("train_sha256"),

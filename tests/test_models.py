@@ -151,7 +151,7 @@ def test_base_replies_are_kept_until_the_model_files_the_prompts_or_the_decoding
     shutil.copytree(tiny_path, model)
     loads = []
     real_load = models.load_chat_model
-    monkeypatch.setattr(models, "load_chat_model", lambda model_id: loads.append(model_id) or real_load(model_id))
+    monkeypatch.setattr(models, "load_chat_model", lambda model_id, **kw: loads.append(model_id) or real_load(model_id))
     conversations = [[{"role": "user", "content": "What first?"}], [{"role": "user", "content": "And then?"}]]
     cache = tmp_path / "adapter" / "base_replies.jsonl"
 
@@ -162,8 +162,12 @@ def test_base_replies_are_kept_until_the_model_files_the_prompts_or_the_decoding
     first = ask()
     assert len(first) == 2 and len(loads) == 1
     assert ask() == first and len(loads) == 1
-    ask(decoding=chat.CHAT)
     ask(conversations[:1])
+    assert len(loads) == 2
+    ask(conversations[:1], decoding=chat.CHAT)
+    assert len(loads) == 3
     os.utime(model / "config.json", ns=(1, 1))  # the model folder changed
-    ask(conversations[:1])
+    ask(conversations[:1], decoding=chat.CHAT)
     assert len(loads) == 4
+    cache.write_text('{"id": "cut off')
+    assert ask() == first and len(loads) == 5  # an unreadable cache is made again

@@ -156,7 +156,7 @@ max_new = 8 if SMOKE else MAX_NEW_TOKENS
 # The base model is loaded, asked and freed again before training; its replies are kept in
 # the adapter folder, so a second Run all does not load it for them.
 before = base_replies(model_id, conversations, cache=run / "adapter" / "base_replies.jsonl",
-                      max_new_tokens=max_new, decoding=CHAT)
+                      max_new_tokens=max_new, decoding=CHAT, load_in_4bit=config.load_in_4bit)
 print(f"{len(before)} answers from the base model")
 
 # %% [markdown]
@@ -282,7 +282,8 @@ print(skillfirst.fill(runs_root, "L04", skillfirst.draft(run, "L04")))
 #
 # - `adapter/`: a standard PEFT adapter with its tokenizer and chat template; `manifest.json`
 #   records the config, package versions, data hash, timings and final losses.
-# - `adapter/before_after.jsonl` and `style_check.json`: the first look at the voice.
+# - `adapter/before_after.jsonl` and `style_check.json`: the first look at the voice
+#   (`base_replies.jsonl` keeps the base model's side for the next Run all).
 #
 # **Success criterion met:** *Fine-tune with hyperparameters chosen for style* (and the
 # second half of *tell style tuning apart from knowledge tuning*). **Skill updated:** the
