@@ -11,8 +11,9 @@
 # **Time:** Run all took 27 minutes on a 2-core CPU with the local judge, all but 6 seconds of
 # it in the one cell that generates the four systems' replies and has the judge score them
 # (`python bench/bench_lessons.py`, `bench/results/lessons_cpu.json`, an AMD EPYC with native
-# bf16). On Colab with an OpenAI key
-# about 20 minutes (an estimate: no T4 has run it yet). **Hardware:** Colab's free T4 or any CPU.
+# bf16; 32.9 minutes on one without AVX-512, and 24 s when run again with nothing changed:
+# every reply and verdict is cached, `bench/results/lessons_again_no_avx512.json`). On Colab
+# with an OpenAI key about 20 minutes (an estimate: no T4 has run it yet). **Hardware:** Colab's free T4 or any CPU.
 # An OpenAI key (Colab Secrets: `OPENAI_API_KEY`) makes the judge GPT-4o-mini, for a few cents;
 # without one, a llama.cpp server with the embedded SmolLM2-135M judges, offline and free.
 #

@@ -19,6 +19,8 @@
 # Add about 10 minutes, once per runtime, when no prebuilt llama-cpp-python wheel matches the
 # runtime: the install cell then builds llama.cpp from source and says so (276 s on the
 # project's 2-core box, `bench/results/llama_build.json`; Colab's figure is an estimate).
+# Run all again on the same runtime redoes nothing that is current: 27 s on the 2-core box
+# (`bench/results/lessons_again_no_avx512.json`).
 # **Hardware:** any CPU, or Colab's free T4 (the merge runs on the GPU there; converting and
 # quantizing run on the CPU either way).
 #
