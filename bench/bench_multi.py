@@ -118,6 +118,9 @@ def main(argv=None) -> int:
     parser.add_argument("--separate-only", action="store_true",
                         help="with --train-only: the three persona adapters, not the conditioned one (about half "
                              "the time; a later run with the same --runs reuses them and times the conditioned one)")
+    parser.add_argument("--keep-memory", action="store_true",
+                        help="train with TrainConfig.cpu_keep_memory on (a trial kept off by default): "
+                             "each adapter's peak_rss_gb shows whether the kept memory piles up")
     args = parser.parse_args(argv)
     if args.separate_only and not args.train_only:
         parser.error("--separate-only goes with --train-only")
@@ -152,8 +155,14 @@ def main(argv=None) -> int:
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
         "runs": str(runs),
     }
-    report["train_config"] = {slug: config.train_config(slug).to_dict() for slug in config.personas}
-    conditioned_config = config.train_config(conditioned=True)
+
+    def train_config(slug=None, conditioned=False):
+        chosen = config.train_config(slug, conditioned=conditioned)
+        chosen.cpu_keep_memory = args.keep_memory or chosen.cpu_keep_memory
+        return chosen
+
+    report["train_config"] = {slug: train_config(slug).to_dict() for slug in config.personas}
+    conditioned_config = train_config(conditioned=True)
     report["conditioned_train_config"] = conditioned_config.to_dict()
 
     # ---- training, each design from scratch. This machine's matmul rates are read before and after
@@ -179,7 +188,7 @@ def main(argv=None) -> int:
 
     training = {}
     for slug in config.personas:
-        training[slug] = train_timed(slug, multi.adapter_dir(slug, runs), config.train_config(slug),
+        training[slug] = train_timed(slug, multi.adapter_dir(slug, runs), train_config(slug),
                                      config.records(slug))
     if not args.separate_only:
         mixed = multi.conditioned_records({slug: config.records(slug) for slug in config.personas})
