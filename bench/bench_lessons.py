@@ -8,7 +8,7 @@ the slowest cells (papermill's own per-cell durations, with each cell's first li
 machine's matmul rates before and after (bench_train_cpu's reading: a shared host can be slow
 for a while, and the rates say whether it was). The lesson headers' CPU times come from here.
 
-    python bench/bench_lessons.py                      # all seven (lesson 6's trainings alone take 72 min)
+    python bench/bench_lessons.py                      # all seven (lesson 6's trainings alone take 68 min)
     python bench/bench_lessons.py --lessons 1,2,3,4,5,7   # without lesson 6's four trainings
                                                        # (bench_multi.py --train-only times those alone)
     python bench/bench_lessons.py --lessons 1,2,3,4,7 --again   # then Run all each one a second time

@@ -114,7 +114,7 @@ def main(argv=None) -> int:
                         "or multi_training.json with --train-only")
     parser.add_argument("--train-only", action="store_true",
                         help="time lesson 6's four trainings and stop "
-                             "(72 minutes on a quiet 2-core CPU, multi_training.json)")
+                             "(68 minutes on a quiet 2-core CPU, multi_training.json)")
     parser.add_argument("--separate-only", action="store_true",
                         help="with --train-only: the three persona adapters, not the conditioned one (about half "
                              "the time; a later run with the same --runs reuses them and times the conditioned one)")

@@ -10,14 +10,14 @@
 # **Time:** about 20 minutes of reading and clicking, plus training: four LoRA runs (three
 # personas and the conditioned adapter), about 24 minutes together on a Colab T4 (an estimate
 # from counted tokens, `bench/results/t4_estimate.json`: no T4 has run it yet). On a 2-core CPU
-# with the embedded SmolLM2-135M they took **72 minutes** together, measured with nothing else
-# running: TaskMaster 6, Codebeard's 120 updates 24, Zen Coder 5, the conditioned adapter's 240
-# updates 37, each with six validation passes (`python bench/bench_multi.py --train-only`,
+# with the embedded SmolLM2-135M they took **68 minutes** together, measured with nothing else
+# running: TaskMaster 7, Codebeard's 120 updates 22, Zen Coder 5, the conditioned adapter's 240
+# updates 33, each with six validation passes (`python bench/bench_multi.py --train-only`,
 # `bench/results/multi_training.json`, an AMD EPYC with native bf16). A CPU without native bf16
 # trains in fp32: on an AMD EPYC without AVX-512 the four took **98 minutes** (TaskMaster 10,
 # Codebeard 33, Zen Coder 8, the conditioned adapter 46; `python bench/bench_multi.py
 # --train-only`, there in two parts, `--separate-only` first, `multi_training_no_avx512.json`),
-# 1.35 times as long. Start it and read on, or come back: adapters this lesson trained before are
+# 1.46 times as long. Start it and read on, or come back: adapters this lesson trained before are
 # reused, and an interrupted run picks up where it stopped. (Lesson 4's TaskMaster adapter stops
 # at fewer updates than this lesson asks, so TaskMaster trains here too, beside it.)
 # **Hardware:** Colab's free T4, or any CPU.
@@ -83,7 +83,7 @@ print(f"model: {model_id}\nrun folder: {runs_root}\nthis lesson writes to: {out}
 # same 30 prompts, though its validation loss had stopped falling. Read the paired difference
 # before you trust the rule: +0.13 [-0.03, +0.33], one run each, so the interval still holds
 # "no gain". `config.min_steps_by_persona` gives Codebeard 120 as the cautious choice (it costs
-# about 21 more CPU minutes, 12 in Codebeard's run and 9 in the conditioned one: the times in
+# about 19 more CPU minutes, 11 in Codebeard's run and 8 in the conditioned one: the times in
 # `multi_training.json` in proportion to the updates), not as a proven need. If your bleed
 # matrix shows another weak voice, add it there (`MultiConfig(min_steps_by_persona={...})`) and
 # retrain.
