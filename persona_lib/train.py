@@ -106,7 +106,7 @@ class TrainConfig(Settings):
     loss: str = "target_logits"  # LM head only at labelled positions (29% skip the 49k-vocab projection); or TRL's nll
     cpu_autocast: bool = True  # CPU with bf16 base weights: LoRA matmuls in bf16 too (fp32 LoRA weights), ~1.2x
     cpu_attention: str = "auto"  # CPU attention kernel: auto = eager up to 1024 tokens (~1.1x over sdpa), sdpa above
-    cpu_keep_memory: bool = False  # Linux: freed memory kept between steps: ~1.05x, ~0.4 GB more held for the run
+    cpu_keep_memory: bool = False  # Linux: freed memory kept between steps: 0.98-1.05x, ~0.4 GB more held
     keep_checkpoints: bool = False  # keep checkpoints after a successful run; off: deleted (the adapter is the result)
 
     def __post_init__(self):

@@ -89,9 +89,12 @@ def kept_memory():
     lesson 6's longest persona run, on an AMD EPYC without AVX-512: 1,981 s against 2,085 s
     (1.05x), 437 page faults a step against 184,000, and the resident memory level at 8.7-8.9 GB
     from the first update to the last, where the default's swings between 5.8 and 7.9 GB (peaks
-    8.87 and 8.46 GB; kept_memory_120_no_avx512.json): it does not pile up. Still off by
-    default (TrainConfig.cpu_keep_memory): the gain is 4-5%, the memory is held for the whole
-    run, and lesson 6's four trainings in one process have not run with it since the chunks."""
+    8.87 and 8.46 GB; kept_memory_120_no_avx512.json): it does not pile up. Lesson 6's three
+    persona trainings in one process with it, on an AMD EPYC with AVX512-BF16 (bench_multi.py
+    --train-only --separate-only --keep-memory, multi_training_kept_memory_separate.json): 2,071 s
+    against the default's 2,038 s (multi_training.json), TaskMaster 1.04x, Codebeard 1.01x, Zen
+    Coder 0.84x, peak 10.3 GB against 9.8. So it stays off (TrainConfig.cpu_keep_memory): a few
+    percent on one run, none over a lesson, and the memory held for the whole run."""
     libc = ctypes.CDLL("libc.so.6") if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" else None
     if libc is None:
         yield
@@ -127,8 +130,8 @@ def sft_config(config: TrainConfig, output_dir: str | os.PathLike, *, precision:
     On an AMD EPYC without AVX-512 everything runs in fp32: 193.5 against the issue's baseline's
     189.4 (58% of fp32, no slower), the attention implementations level (train_cpu_no_avx512.json).
     Keeping freed memory for the next step (`kept_memory`, `cpu_keep_memory`) adds 1.01-1.07x
-    round by round (train_cpu_memory.json), 1.15x over lesson 6's four trainings and 1.05x over
-    120 updates with the loss in chunks, but is off by default: see kept_memory.
+    round by round (train_cpu_memory.json), 1.05x over 120 updates with the loss in chunks, but
+    0.98x over lesson 6's three persona trainings: off by default, see kept_memory.
     """
     from trl import SFTConfig
 
